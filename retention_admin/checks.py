@@ -1,0 +1,160 @@
+"""System checks: every misconfiguration that makes this app lose or keep the wrong results.
+
+Ids are stable and listed in the README.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import DatabaseError
+
+from . import conf
+from .celery_config import get_app
+
+RETENTION_BACKEND = "retention_admin.backends.RetentionDatabaseBackend"
+RETENTION_SCHEDULER = "retention_admin.schedulers.RetentionScheduler"
+STOCK_DB_BACKENDS = {
+    "django-db",
+    "django_celery_results.backends.database:DatabaseBackend",
+    "django_celery_results.backends.database.DatabaseBackend",
+    "django_celery_results.backends:DatabaseBackend",
+    "django_celery_results.backends.DatabaseBackend",
+}
+STOCK_SCHEDULERS = {
+    "django",
+    "django_celery_beat.schedulers:DatabaseScheduler",
+    "django_celery_beat.schedulers.DatabaseScheduler",
+}
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _policies_exist() -> bool:
+    from .models import RetentionPolicy
+
+    try:
+        return RetentionPolicy.objects.filter(enabled=True).exists()
+    except DatabaseError:
+        # Tables not migrated yet or database down: assume the seeded policies.
+        return True
+
+
+def _app() -> Celery:
+    return get_app()
+
+
+@register(Tags.compatibility)
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    value = getattr(settings, conf.SETTING_NAME, {})
+    return [
+        Error(message, hint="See the settings reference in the README.", id="retention_admin.E001")
+        for message in conf.setting_errors(value)
+    ]
+
+
+@register(Tags.compatibility)
+def check_result_backend(**kwargs: Any) -> list[CheckMessage]:
+    backend = _app().conf.result_backend
+    if isinstance(backend, str) and backend in STOCK_DB_BACKENDS and _policies_exist():
+        return [
+            Warning(
+                f"CELERY_RESULT_BACKEND is {backend!r}: celery.backend_cleanup will delete "
+                "every result older than result_expires, including results that enabled "
+                "retention policies keep.",
+                hint=f"Set CELERY_RESULT_BACKEND = {RETENTION_BACKEND!r}.",
+                id="retention_admin.W001",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def check_beat_scheduler(**kwargs: Any) -> list[CheckMessage]:
+    scheduler = _app().conf.beat_scheduler
+    if isinstance(scheduler, str) and scheduler in STOCK_SCHEDULERS:
+        return [
+            Warning(
+                f"CELERY_BEAT_SCHEDULER is {scheduler!r}: django-celery-beat resets the "
+                "celery.backend_cleanup schedule to 04:00 every time beat starts, undoing "
+                "edits made in the admin.",
+                hint=f"Set CELERY_BEAT_SCHEDULER = {RETENTION_SCHEDULER!r}.",
+                id="retention_admin.W002",
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def check_result_extended(**kwargs: Any) -> list[CheckMessage]:
+    if not _app().conf.result_extended:
+        return [
+            Warning(
+                "CELERY_RESULT_EXTENDED is off: results are stored without their task name, "
+                "so policies with a task name pattern match nothing and those results fall "
+                "to the next policy or to result_expires.",
+                hint="Set CELERY_RESULT_EXTENDED = True.",
+                id="retention_admin.W003",
+            )
+        ]
+    return []
+
+
+@register(Tags.security)
+def check_pickle(**kwargs: Any) -> list[CheckMessage]:
+    app_conf = _app().conf
+    accept = app_conf.result_accept_content or app_conf.accept_content or []
+    uses_pickle = app_conf.result_serializer == "pickle" or any(
+        "pickle" in str(item) for item in accept
+    )
+    if uses_pickle:
+        return [
+            Warning(
+                "Celery results are (or may be) serialized with pickle: reading, explaining, "
+                "archiving or restoring a stored result can execute code chosen by whoever "
+                "could write to the result store.",
+                hint="Use CELERY_RESULT_SERIALIZER = 'json' and drop 'pickle' from "
+                "CELERY_RESULT_ACCEPT_CONTENT.",
+                id="retention_admin.W004",
+            )
+        ]
+    return []
+
+
+def _insecure_redis_host(url: Any) -> str | None:
+    if not isinstance(url, str):
+        return None
+    for part in url.split(";"):
+        scheme, _, rest = part.strip().partition("://")
+        if not rest:
+            continue
+        if scheme.rsplit("+", 1)[-1] not in {"redis", "sentinel"}:
+            continue
+        host = urlsplit(f"redis://{rest}").hostname or "localhost"
+        if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+            return host
+    return None
+
+
+@register(Tags.security)
+def check_plain_redis(**kwargs: Any) -> list[CheckMessage]:
+    app_conf = _app().conf
+    messages: list[CheckMessage] = []
+    for setting, url in (
+        ("CELERY_RESULT_BACKEND", app_conf.result_backend),
+        ("CELERY_BROKER_URL", app_conf.broker_url),
+    ):
+        host = _insecure_redis_host(url)
+        if host:
+            messages.append(
+                Warning(
+                    f"{setting} uses plain redis:// to {host}, which is not loopback: task "
+                    "results and their arguments travel unencrypted.",
+                    hint="Use rediss:// (TLS) for a Redis server on another host.",
+                    id="retention_admin.W005",
+                )
+            )
+    return messages

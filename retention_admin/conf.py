@@ -1,0 +1,87 @@
+"""The ``RETENTION_ADMIN`` setting: defaults, validation and a cached reader.
+
+Every default lives here and nowhere else. ``conf`` re-reads the setting when a
+test changes it with ``override_settings`` (``setting_changed`` clears the cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+SETTING_NAME = "RETENTION_ADMIN"
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _non_negative_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _optional_positive_number(value: Any) -> bool:
+    return value is None or (_non_negative_number(value) and value > 0)
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+# name -> (default, validator, what a valid value is, for the error message)
+SCHEMA: dict[str, tuple[Any, Any, str]] = {
+    "BATCH_SIZE": (2000, _positive_int, "a whole number of at least 1"),
+    "SLEEP_SECONDS": (0.0, _non_negative_number, "a number of seconds, 0 or more"),
+    "MAX_RUNTIME_SECONDS": (None, _optional_positive_number, "None or a number of seconds above 0"),
+    "LEASE_SECONDS": (300, _positive_int, "a whole number of seconds, at least 1"),
+    "FAN_OUT": (True, _boolean, "True or False"),
+    "SNAPSHOT_TOP_TASKS": (20, _positive_int, "a whole number of at least 1"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    batch_size: int
+    sleep_seconds: float
+    max_runtime_seconds: float | None
+    lease_seconds: int
+    fan_out: bool
+    snapshot_top_tasks: int
+
+
+def setting_errors(value: Any) -> list[str]:
+    """Describe everything wrong with a ``RETENTION_ADMIN`` value (empty when valid)."""
+    if not isinstance(value, dict):
+        return [f"{SETTING_NAME} must be a dict, not {type(value).__name__}."]
+    errors = []
+    for key in sorted(set(value) - set(SCHEMA), key=str):
+        errors.append(
+            f"{SETTING_NAME} has an unknown key {key!r}; known keys are "
+            f"{', '.join(sorted(SCHEMA))}."
+        )
+    for key, (_default, valid, expected) in SCHEMA.items():
+        if key in value and not valid(value[key]):
+            errors.append(f"{SETTING_NAME}[{key!r}] must be {expected}, not {value[key]!r}.")
+    return errors
+
+
+@lru_cache(maxsize=1)
+def get_config() -> Config:
+    value = getattr(settings, SETTING_NAME, {})
+    errors = setting_errors(value)
+    if errors:
+        raise ImproperlyConfigured(" ".join(errors))
+    merged = {key: value.get(key, default) for key, (default, _v, _e) in SCHEMA.items()}
+    return Config(**{key.lower(): val for key, val in merged.items()})
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        get_config.cache_clear()

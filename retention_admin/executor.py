@@ -1,0 +1,522 @@
+"""The executor: every cleanup, whatever starts it, runs through ``run_cleanup``.
+
+It turns a selection (policies, tiers, the remainder) into batched deletions:
+each batch selects at most ``batch_size`` due ids in ``date_done`` order, then
+deletes them in one short statement that re-checks every condition (policy,
+due date, holds), so a row that changed or was put on hold in between stays.
+The due set is never loaded into memory. Each scope (a policy, the remainder)
+is cleaned under its own lease, and every run leaves a ``CleanupRun``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from celery import states
+from django.db import connections, router, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+from django_celery_results.models import ChordCounter, GroupResult, TaskResult
+
+from . import conf
+from .celery_config import result_expires
+from .leases import Lease, LeaseBusy, LeaseLost, make_holder
+from .matching import Governance, Rule, row_bytes_expression
+from .models import ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
+
+logger = logging.getLogger(__name__)
+
+REMAINDER_SCOPE = "remainder"
+CHORD_CHUNK = 500
+
+
+class CleanupError(ValueError):
+    """A request the executor refuses before touching anything (bad selection)."""
+
+
+class CleanupFailed(RuntimeError):
+    """A run that started and failed; ``run`` holds the recorded CleanupRun."""
+
+    def __init__(self, run: CleanupRun):
+        super().__init__(run.error.strip().splitlines()[-1] if run.error else "cleanup failed")
+        self.run = run
+
+
+class Progress(Protocol):
+    """Observer for a progress display; the executor never prints."""
+
+    wants_totals: bool
+
+    def start(self, label: str, total: int | None) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class Selection:
+    """What to clean. No policies and no tiers means everything plus the remainder."""
+
+    policies: list[str] = field(default_factory=list)
+    tiers: list[str] = field(default_factory=list)
+    remainder: bool | None = None  # None: only when nothing else is selected
+
+    @property
+    def everything(self) -> bool:
+        return not self.policies and not self.tiers
+
+    @property
+    def includes_remainder(self) -> bool:
+        return self.everything if self.remainder is None else self.remainder
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    days: int | None = None
+    batch_size: int | None = None
+    sleep_seconds: float | None = None
+    max_runtime_seconds: float | None = None
+    database: str | None = None
+    trigger: str = CleanupRun.Trigger.COMMAND
+    parent: CleanupRun | None = None
+    started_by: Any = None
+    progress: Progress | None = None
+
+
+@dataclass
+class ScopeResult:
+    matched: int = 0
+    deleted: int = 0
+    archived: int = 0
+    bytes: int = 0
+
+
+class _Stop(Exception):
+    """Max runtime reached: stop cleanly between batches."""
+
+
+def validate(selection: Selection, options: Options) -> None:
+    """Raise CleanupError for anything the run could not do; touch nothing."""
+    if options.days is not None and options.days < 1:
+        raise CleanupError(f"--days must be 1 or more, not {options.days}.")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise CleanupError(f"--batch-size must be 1 or more, not {options.batch_size}.")
+    if options.sleep_seconds is not None and options.sleep_seconds < 0:
+        raise CleanupError(f"--sleep must be 0 or more seconds, not {options.sleep_seconds}.")
+    if options.max_runtime_seconds is not None and options.max_runtime_seconds <= 0:
+        raise CleanupError(
+            f"--max-runtime must be more than 0 seconds, not {options.max_runtime_seconds}."
+        )
+    if options.database is not None and options.database not in connections.settings:
+        known = ", ".join(sorted(connections.settings))
+        raise CleanupError(f"Unknown database alias {options.database!r}; known aliases: {known}.")
+    known_tiers = set(RetentionTier.objects.values_list("slug", flat=True))
+    for slug in selection.tiers:
+        if slug not in known_tiers:
+            raise CleanupError(
+                f"No retention tier {slug!r}; known tiers: {', '.join(sorted(known_tiers)) or 'none'}."
+            )
+    policies = dict(RetentionPolicy.objects.values_list("name", "enabled"))
+    for name in selection.policies:
+        if name not in policies:
+            raise CleanupError(
+                f"No retention policy named {name!r}; known policies: "
+                f"{', '.join(sorted(policies)) or 'none'}."
+            )
+        if not policies[name]:
+            raise CleanupError(
+                f"Retention policy {name!r} is disabled, so it governs no result; enable it first."
+            )
+
+
+def run_cleanup(selection: Selection, options: Options) -> CleanupRun:
+    """Validate, then run; always returns (or, on failure, raises with) a recorded run."""
+    validate(selection, options)
+    return _Executor(selection, options).run()
+
+
+class _Executor:
+    def __init__(self, selection: Selection, options: Options):
+        config = conf.get_config()
+        self.selection = selection
+        self.options = options
+        self.dry_run = options.dry_run
+        self.days = options.days
+        self.batch_size = options.batch_size or config.batch_size
+        self.sleep_seconds = (
+            options.sleep_seconds if options.sleep_seconds is not None else config.sleep_seconds
+        )
+        self.max_runtime = (
+            options.max_runtime_seconds
+            if options.max_runtime_seconds is not None
+            else config.max_runtime_seconds
+        )
+        self.lease_seconds = config.lease_seconds
+        self.db = options.database or router.db_for_write(TaskResult)
+        self.records_db = router.db_for_write(CleanupRun)
+        self.holder = make_holder()
+        self.progress = options.progress
+        self.now = timezone.now()
+        self.started = time.monotonic()
+        self.notes: list[str] = []
+        self.busy: list[str] = []
+        self.stopped = False
+        self.lease: Lease | None = None
+
+    # -- bookkeeping -------------------------------------------------------
+    def _selected_rules(self, governance: Governance) -> list[Rule]:
+        names = set(self.selection.policies)
+        tiers = set(self.selection.tiers)
+        if self.selection.everything:
+            return list(governance.rules)
+        return [r for r in governance.rules if r.name in names or r.tier in tiers]
+
+    def _create_run(self) -> CleanupRun:
+        tier = policy = None
+        if len(self.selection.tiers) == 1 and not self.selection.policies:
+            tier = RetentionTier.objects.filter(slug=self.selection.tiers[0]).first()
+        if len(self.selection.policies) == 1 and not self.selection.tiers:
+            policy = RetentionPolicy.objects.filter(name=self.selection.policies[0]).first()
+            tier = policy.tier if policy else None
+        return CleanupRun.objects.using(self.records_db).create(
+            trigger=self.options.trigger,
+            tier=tier,
+            policy=policy,
+            parent=self.options.parent,
+            dry_run=self.dry_run,
+            database=self.db,
+            holder=self.holder,
+            started_by=self.options.started_by,
+            started_at=self.now,
+            options={
+                "policies": self.selection.policies,
+                "tiers": self.selection.tiers,
+                "remainder": self.selection.includes_remainder,
+                "days": self.days,
+                "batch_size": self.batch_size,
+                "sleep_seconds": self.sleep_seconds,
+                "max_runtime_seconds": self.max_runtime,
+            },
+        )
+
+    def run(self) -> CleanupRun:
+        run = self._create_run()
+        policies: list[dict[str, Any]] = []
+        unmatched = ScopeResult()
+        groups = chords = 0
+        scopes = 0
+        error = ""
+        try:
+            governance = Governance.load()
+            rules = self._selected_rules(governance)
+            for rule in rules:
+                result = ScopeResult()
+                policies.append(self._policy_report(rule, result))
+                scopes += 1
+                self._in_lease(
+                    f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result)
+                )
+                policies[-1] = self._policy_report(rule, result)
+            if self.selection.includes_remainder:
+                scopes += 1
+
+                def remainder() -> None:
+                    nonlocal groups, chords
+                    self._clean_remainder(governance, unmatched)
+                    groups = self._clean_groups()
+                    chords = self._clean_chord_counters()
+
+                self._in_lease(REMAINDER_SCOPE, remainder)
+        except Exception:
+            error = traceback.format_exc()
+            logger.exception("cleanup run %s failed", run.pk)
+        if error:
+            status = CleanupRun.Status.FAILED
+        elif scopes and len(self.busy) == scopes:
+            status = CleanupRun.Status.SKIPPED
+        elif self.stopped or self.busy:
+            status = CleanupRun.Status.PARTIAL
+        else:
+            status = CleanupRun.Status.SUCCEEDED
+        duration = round(time.monotonic() - self.started, 3)
+        totals = {
+            "matched": sum(p["matched"] for p in policies) + unmatched.matched,
+            "deleted": sum(p["deleted"] for p in policies) + unmatched.deleted,
+            "archived": sum(p["archived"] for p in policies),
+            "bytes": sum(p["bytes"] for p in policies) + unmatched.bytes,
+        }
+        run.report = {
+            "run": run.pk,
+            "dry_run": self.dry_run,
+            "status": status,
+            "duration_s": duration,
+            "policies": policies,
+            "unmatched": {"matched": unmatched.matched, "deleted": unmatched.deleted},
+            "groups": {"deleted": groups},
+            "chord_counters": {"deleted": chords},
+            "redis": None,
+            "totals": totals,
+        }
+        run.status = status
+        run.notes = self.notes
+        run.options = {**run.options, "busy": self.busy}
+        run.error = error
+        run.finished_at = timezone.now()
+        run.duration_s = duration
+        run.matched, run.deleted = totals["matched"], totals["deleted"]
+        run.archived, run.bytes = totals["archived"], totals["bytes"]
+        run.save(using=self.records_db)
+        log = logger.error if error else logger.info
+        log(
+            "cleanup run %s %s: matched %s, deleted %s, %.1fs%s",
+            run.pk, status, totals["matched"], totals["deleted"], duration,
+            " (dry run)" if self.dry_run else "",
+        )
+        if error:
+            raise CleanupFailed(run)
+        return run
+
+    def _policy_report(self, rule: Rule, result: ScopeResult) -> dict[str, Any]:
+        return {
+            "name": rule.name,
+            "tier": rule.tier,
+            "matched": result.matched,
+            "deleted": result.deleted,
+            "archived": result.archived,
+            "bytes": result.bytes,
+        }
+
+    def _in_lease(self, scope: str, work: Any) -> None:
+        if self.stopped:
+            self.notes.append(f"{scope}: not started, max runtime reached")
+            return
+        lease = Lease(scope, self.holder, self.lease_seconds, using=self.records_db)
+        try:
+            lease.acquire()
+        except LeaseBusy as busy:
+            self.busy.append(scope)
+            self.notes.append(f"skipped {busy}")
+            logger.warning("cleanup skipped %s", busy)
+            return
+        self.lease = lease
+        try:
+            work()
+        except _Stop:
+            self.stopped = True
+            self.notes.append(f"{scope}: stopped at max runtime; the next run continues")
+        finally:
+            lease.release()
+
+    # -- the work ---------------------------------------------------------
+    def _held(self, column: str = "task_id") -> Q:
+        """Rows an active hold protects; evaluated inside every DELETE when possible."""
+        holds = RetentionHold.objects.active(self.now)
+        hold_db = router.db_for_read(RetentionHold)
+        if hold_db == self.db:
+            return Q(**{f"{column}__in": holds.using(self.db).values("task_id")})
+        # Holds on another database cannot be joined in SQL: read them when building the filter.
+        return Q(**{f"{column}__in": list(holds.using(hold_db).values_list("task_id", flat=True))})
+
+    def _check_time(self) -> None:
+        if self.max_runtime is not None and time.monotonic() - self.started >= self.max_runtime:
+            raise _Stop
+
+    def _clean_rule(self, governance: Governance, rule: Rule, result: ScopeResult) -> None:
+        cutoff = rule.cutoff(self.now, self.days)
+        if cutoff is None:
+            self.notes.append(f"{rule.name}: keeps results forever; nothing is due")
+            return
+        due = governance.governed_q(rule) & Q(date_done__lt=cutoff)
+        if rule.archive:
+            count, size = self._measure(due & ~self._held())
+            result.matched, result.bytes = count, size
+            if count:
+                self.notes.append(
+                    f"{rule.name}: {count} due results wait for archive; archive policies "
+                    "delete nothing until archiving is available"
+                )
+            return
+        self._delete_due(TaskResult, due, result, label=rule.name)
+
+    def _clean_remainder(self, governance: Governance, result: ScopeResult) -> None:
+        expires = self._remainder_expires()
+        if expires is None:
+            self.notes.append("unmatched: result_expires is None, so unmatched results are kept")
+            return
+        due = governance.remainder_q() & Q(date_done__lt=self.now - expires)
+        self._delete_due(TaskResult, due, result, label="unmatched")
+
+    def _remainder_expires(self) -> timedelta | None:
+        return timedelta(days=self.days) if self.days is not None else result_expires()
+
+    def _measure(self, due: Q) -> tuple[int, int]:
+        agg = TaskResult.objects.using(self.db).filter(due).aggregate(n=Count("id"), size=Sum(row_bytes_expression()))
+        return agg["n"] or 0, agg["size"] or 0
+
+    def _delete_due(
+        self, model: Any, due: Q, result: ScopeResult, label: str, held_column: str = "task_id"
+    ) -> None:
+        due = due & ~self._held(held_column)
+        if self.dry_run:
+            if model is TaskResult:
+                result.matched, result.bytes = self._measure(due)
+            else:
+                result.matched = model.objects.using(self.db).filter(due).count()
+            return
+        total = None
+        if self.progress is not None and self.progress.wants_totals:
+            total = model.objects.using(self.db).filter(due).count()
+        if self.progress is not None:
+            self.progress.start(label, total)
+        try:
+            for deleted, size in self._batches(model, due):
+                result.matched += deleted
+                result.deleted += deleted
+                result.bytes += size
+                if self.progress is not None:
+                    self.progress.advance(deleted)
+        finally:
+            if self.progress is not None:
+                self.progress.finish()
+
+    def _batches(self, model: Any, due: Q) -> Iterator[tuple[int, int]]:
+        manager = model.objects.using(self.db)
+        size_expr = row_bytes_expression() if model is TaskResult else None
+        first_batch = True
+        last_ids: list[int] | None = None
+        while True:
+            self._check_time()
+            if not first_batch and self.sleep_seconds:
+                time.sleep(self.sleep_seconds)
+            first_batch = False
+            assert self.lease is not None
+            self.lease.renew()
+            ordered = manager.filter(due).order_by("date_done", "id")
+            if size_expr is not None:
+                rows = list(ordered.values_list("id", size_expr)[: self.batch_size])
+            else:
+                rows = [(pk, 0) for pk in ordered.values_list("id", flat=True)[: self.batch_size]]
+            if not rows:
+                return
+            ids = [pk for pk, _size in rows]
+            if ids == last_ids:
+                raise RuntimeError(
+                    f"the same {len(ids)} rows were selected twice but could not be deleted"
+                )
+            last_ids = ids
+            with transaction.atomic(using=self.db):
+                # The DELETE re-checks every condition: a row re-run or held since the
+                # SELECT no longer matches and stays.
+                deleted, _ = manager.filter(due, id__in=ids).delete()
+            sizes = sum(size for _pk, size in rows)
+            yield deleted, sizes if deleted == len(rows) else sizes * deleted // len(rows)
+
+    def _clean_groups(self) -> int:
+        expires = self._remainder_expires()
+        if expires is None:
+            return 0
+        due = Q(date_done__lt=self.now - expires)
+        result = ScopeResult()
+        # A hold placed on a group id keeps the group result too.
+        self._delete_due(GroupResult, due, result, "groups", held_column="group_id")
+        if self.dry_run and result.matched:
+            self.notes.append(f"dry run: {result.matched} expired group results would be deleted")
+        return result.deleted
+
+    def _clean_chord_counters(self) -> int:
+        """Delete ChordCounters whose chord has completed or can no longer complete.
+
+        Orphaned: every header result is finished (a ready state) or gone, and the
+        newest of their ``date_done`` and the counter's first sighting is older than
+        ``result_expires``. The sighting keeps a chord whose header tasks are still
+        queued (no rows yet) from looking like one whose rows were deleted.
+        """
+        expires = self._remainder_expires()
+        if expires is None:
+            return 0
+        cutoff = self.now - expires
+        deleted = would_delete = 0
+        last_id = 0
+        counters = ChordCounter.objects.using(self.db)
+        sightings = ChordCounterSighting.objects.using(self.db)
+        while True:
+            self._check_time()
+            chunk = list(
+                counters.filter(id__gt=last_id).order_by("id").values("id", "group_id", "sub_tasks", "count")[
+                    :CHORD_CHUNK
+                ]
+            )
+            if not chunk:
+                break
+            last_id = chunk[-1]["id"]
+            group_ids = [c["group_id"] for c in chunk]
+            seen = dict(sightings.filter(group_id__in=group_ids).values_list("group_id", "first_seen"))
+            unseen = [g for g in group_ids if g not in seen]
+            if unseen and not self.dry_run:
+                sightings.bulk_create(
+                    [ChordCounterSighting(group_id=g, first_seen=self.now) for g in unseen],
+                    ignore_conflicts=True,
+                )
+            header: dict[int, list[str]] = {}
+            for counter in chunk:
+                try:
+                    header[counter["id"]] = list(_header_task_ids(json.loads(counter["sub_tasks"])))
+                except (ValueError, TypeError, IndexError):
+                    self.notes.append(
+                        f"chord counter {counter['group_id']}: unreadable sub_tasks, kept"
+                    )
+            all_ids = {tid for ids in header.values() for tid in ids}
+            found: dict[str, tuple[str, datetime]] = {
+                tid: (status, done)
+                for tid, status, done in TaskResult.objects.using(self.db)
+                .filter(task_id__in=all_ids)
+                .values_list("task_id", "status", "date_done")
+            }
+            orphans = Q()
+            for counter in chunk:
+                ids = header.get(counter["id"])
+                if ids is None:
+                    continue
+                rows = [found[tid] for tid in ids if tid in found]
+                if any(status not in states.READY_STATES for status, _done in rows):
+                    continue
+                first_seen = seen.get(counter["group_id"], self.now)
+                newest = max([done for _status, done in rows] + [first_seen])
+                if newest < cutoff:
+                    # Only if the count is still what we judged: no part returned since.
+                    orphans |= Q(id=counter["id"], count=counter["count"])
+            if not orphans:
+                continue
+            if self.dry_run:
+                would_delete += counters.filter(orphans).count()
+                continue
+            assert self.lease is not None
+            self.lease.renew()
+            with transaction.atomic(using=self.db):
+                deleted += counters.filter(orphans).delete()[0]
+        if not self.dry_run:
+            # Forget sightings of counters that are gone (completed or deleted).
+            sightings.exclude(group_id__in=counters.values("group_id")).delete()
+        if would_delete:
+            self.notes.append(f"dry run: {would_delete} orphaned chord counters would be deleted")
+        return deleted
+
+
+def _header_task_ids(results: list[Any]) -> Iterator[str]:
+    """Task ids in a ChordCounter's ``sub_tasks`` (nested result tuples, see result_from_tuple)."""
+    for item in results:
+        res, nodes = item
+        if nodes:
+            yield from _header_task_ids(nodes)
+        else:
+            yield res[0] if isinstance(res, (list, tuple)) else res

@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+from datetime import datetime
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django_celery_beat.models import PeriodicTask
+
+from .validators import (
+    KNOWN_STATES,
+    validate_keep_for,
+    validate_statuses,
+    validate_task_name_pattern,
+)
+
+
+class RetentionTier(models.Model):
+    """A named schedule: its django-celery-beat PeriodicTask runs the tier's policies."""
+
+    slug = models.SlugField(_("slug"), max_length=50, unique=True)
+    name = models.CharField(_("name"), max_length=100)
+    periodic_task = models.OneToOneField(
+        PeriodicTask,
+        verbose_name=_("periodic task"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retention_tier",
+        help_text=_("The django-celery-beat schedule that runs this tier."),
+    )
+    description = models.TextField(_("description"), blank=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = _("retention tier")
+        verbose_name_plural = _("retention tiers")
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+
+class RetentionPolicyQuerySet(models.QuerySet["RetentionPolicy"]):
+    def in_precedence_order(self) -> RetentionPolicyQuerySet:
+        """Enabled policies, the one that wins a result first (lowest priority, then name)."""
+        return self.filter(enabled=True).order_by("priority", "name")
+
+
+class RetentionPolicy(models.Model):
+    """How long the results that a set of matchers selects are kept."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    priority = models.PositiveIntegerField(
+        _("priority"),
+        default=100,
+        help_text=_("Lower wins: a result is governed by the matching policy of lowest priority."),
+    )
+    tier = models.ForeignKey(
+        RetentionTier,
+        verbose_name=_("tier"),
+        on_delete=models.PROTECT,
+        related_name="policies",
+    )
+    task_name_pattern = models.CharField(
+        _("task name pattern"),
+        max_length=255,
+        blank=True,
+        validators=[validate_task_name_pattern],
+        help_text=_("A glob such as reports.* or *.send_email; blank matches any task."),
+    )
+    statuses = models.JSONField(
+        _("statuses"),
+        default=list,
+        blank=True,
+        validators=[validate_statuses],
+        help_text=_("Celery states this policy applies to; empty matches any state."),
+    )
+    min_result_bytes = models.PositiveBigIntegerField(
+        _("minimum result size (bytes)"),
+        null=True,
+        blank=True,
+        help_text=_("Only results whose stored result is at least this many bytes."),
+    )
+    keep_for = models.DurationField(
+        _("keep for"),
+        null=True,
+        blank=True,
+        validators=[validate_keep_for],
+        help_text=_("How long after completion a result is kept; empty keeps it forever."),
+    )
+    archive = models.BooleanField(
+        _("archive before deleting"),
+        default=False,
+        help_text=_("Write due results to the archive before they are deleted."),
+    )
+    description = models.TextField(_("description"), blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = RetentionPolicyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["priority", "name"]
+        verbose_name = _("retention policy")
+        verbose_name_plural = _("retention policies")
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def keeps_forever(self) -> bool:
+        return self.keep_for is None
+
+    def clean(self) -> None:
+        super().clean()
+        if isinstance(self.statuses, list) and set(self.statuses) <= set(KNOWN_STATES):
+            # One canonical order, so that equal policies compare equal.
+            self.statuses = sorted(set(self.statuses))
+
+
+class RetentionHoldQuerySet(models.QuerySet["RetentionHold"]):
+    def active(self, now: datetime | None = None) -> RetentionHoldQuerySet:
+        now = now or timezone.now()
+        return self.filter(Q(until__isnull=True) | Q(until__gt=now))
+
+
+class RetentionHold(models.Model):
+    """Keeps one result: a held result is never deleted or expired while the hold lasts."""
+
+    task_id = models.CharField(_("task id"), max_length=255, db_index=True)
+    reason = models.TextField(_("reason"))
+    until = models.DateTimeField(
+        _("until"), null=True, blank=True, help_text=_("Empty holds until lifted.")
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("placed by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(_("placed at"), auto_now_add=True)
+
+    objects = RetentionHoldQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("retention hold")
+        verbose_name_plural = _("retention holds")
+        permissions = [("place_hold", "Can place and lift holds on results")]
+
+    def __str__(self) -> str:
+        return f"hold on {self.task_id}"
+
+    def is_active(self, now: datetime | None = None) -> bool:
+        return self.until is None or self.until > (now or timezone.now())
+
+
+class CleanupRun(models.Model):
+    """One execution of the cleanup, dry or real, whatever started it."""
+
+    class Trigger(models.TextChoices):
+        COMMAND = "command", _("management command")
+        TASK = "task", _("Celery task")
+        BACKEND_CLEANUP = "backend_cleanup", _("celery.backend_cleanup")
+        ADMIN = "admin", _("admin")
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("running")
+        SUCCEEDED = "succeeded", _("succeeded")
+        PARTIAL = "partial", _("partial (stopped at max runtime)")
+        SKIPPED = "skipped", _("skipped (another run holds the lease)")
+        FAILED = "failed", _("failed")
+        DISPATCHED = "dispatched", _("dispatched to workers")
+
+    trigger = models.CharField(_("trigger"), max_length=20, choices=Trigger.choices)
+    tier = models.ForeignKey(
+        RetentionTier, verbose_name=_("tier"), null=True, blank=True, on_delete=models.SET_NULL
+    )
+    policy = models.ForeignKey(
+        RetentionPolicy, verbose_name=_("policy"), null=True, blank=True, on_delete=models.SET_NULL
+    )
+    parent = models.ForeignKey(
+        "self",
+        verbose_name=_("dispatched by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+    )
+    dry_run = models.BooleanField(_("dry run"), default=False)
+    status = models.CharField(
+        _("status"), max_length=20, choices=Status.choices, default=Status.RUNNING
+    )
+    database = models.CharField(_("database alias"), max_length=100, blank=True)
+    options = models.JSONField(_("options"), default=dict, blank=True)
+    report = models.JSONField(_("report"), default=dict, blank=True)
+    notes = models.JSONField(_("notes"), default=list, blank=True)
+    matched = models.BigIntegerField(_("matched"), default=0)
+    deleted = models.BigIntegerField(_("deleted"), default=0)
+    archived = models.BigIntegerField(_("archived"), default=0)
+    bytes = models.BigIntegerField(_("bytes (estimate)"), default=0)
+    error = models.TextField(_("error"), blank=True)
+    holder = models.CharField(_("process"), max_length=255, blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("started by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    started_at = models.DateTimeField(_("started at"), default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    duration_s = models.FloatField(_("duration (s)"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = _("cleanup run")
+        verbose_name_plural = _("cleanup runs")
+        permissions = [("run_cleanup", "Can start cleanup runs")]
+
+    def __str__(self) -> str:
+        kind = "dry run" if self.dry_run else "run"
+        return f"{kind} #{self.pk} ({self.status})"
+
+
+class CleanupLease(models.Model):
+    """Who may clean one scope right now; see ``leases.py``."""
+
+    scope = models.CharField(_("scope"), max_length=150, unique=True)
+    holder = models.CharField(_("holder"), max_length=255, blank=True)
+    acquired_at = models.DateTimeField(_("acquired at"), null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("cleanup lease")
+        verbose_name_plural = _("cleanup leases")
+
+    def __str__(self) -> str:
+        return f"{self.scope}: {self.holder or 'free'}"
+
+
+class ChordCounterSighting(models.Model):
+    """When a django-celery-results ChordCounter was first seen by a cleanup run.
+
+    ChordCounter has no timestamp; without this a chord whose header tasks are
+    still queued (no result rows yet) would look the same as one whose results
+    are long gone.
+    """
+
+    group_id = models.CharField(_("group id"), max_length=255, unique=True)
+    first_seen = models.DateTimeField(_("first seen"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("chord counter sighting")
+        verbose_name_plural = _("chord counter sightings")
+
+    def __str__(self) -> str:
+        return self.group_id
+
+
+class StorageSnapshot(models.Model):
+    """The size of the result store at one time."""
+
+    taken_at = models.DateTimeField(_("taken at"), default=timezone.now, db_index=True)
+    task_rows = models.BigIntegerField(_("task results"), default=0)
+    group_rows = models.BigIntegerField(_("group results"), default=0)
+    chord_rows = models.BigIntegerField(_("chord counters"), default=0)
+    rows_by_status = models.JSONField(_("rows by status"), default=dict, blank=True)
+    rows_by_task = models.JSONField(
+        _("top task names"), default=list, blank=True,
+        help_text=_("[{task_name, rows, bytes}] for the task names with most bytes."),
+    )
+    table_bytes = models.BigIntegerField(_("table and index bytes"), null=True, blank=True)
+    bytes_estimated = models.BooleanField(_("bytes are an estimate"), default=False)
+    redis = models.JSONField(_("Redis"), null=True, blank=True)
+    database = models.CharField(_("database alias"), max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-taken_at"]
+        get_latest_by = "taken_at"
+        verbose_name = _("storage snapshot")
+        verbose_name_plural = _("storage snapshots")
+
+    def __str__(self) -> str:
+        return f"snapshot at {self.taken_at:%Y-%m-%d %H:%M}"
+

@@ -1,0 +1,57 @@
+"""Human-readable rendering of a run report (the JSON object in the README)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.template.defaultfilters import filesizeformat
+
+
+def human_bytes(value: int) -> str:
+    return str(filesizeformat(value)).replace("\xa0", " ")
+
+
+def format_report(report: dict[str, Any], notes: list[str] | None = None) -> str:
+    dry = report["dry_run"]
+    header = ("Policy", "Tier", "Matched" if not dry else "Would go", "Deleted", "Archived", "Size")
+    rows: list[tuple[str, ...]] = [
+        (
+            p["name"], p["tier"], str(p["matched"]), str(p["deleted"]), str(p["archived"]),
+            human_bytes(p["bytes"]),
+        )
+        for p in report["policies"]
+    ]
+    unmatched = report["unmatched"]
+    rows.append(
+        ("(unmatched: result_expires)", "-", str(unmatched["matched"]), str(unmatched["deleted"]),
+         "-", "")
+    )
+    totals = report["totals"]
+    rows.append(
+        ("Total", "", str(totals["matched"]), str(totals["deleted"]), str(totals["archived"]),
+         human_bytes(totals["bytes"]))
+    )
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        return "  ".join(cells).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in rows[:-1]]
+    out.append("  ".join("-" * w for w in widths))
+    out.append(line(rows[-1]))
+    out.append(
+        f"Group results deleted: {report['groups']['deleted']}; "
+        f"chord counters deleted: {report['chord_counters']['deleted']}"
+    )
+    for note in notes or []:
+        out.append(f"Note: {note}")
+    kind = "Dry run" if dry else "Run"
+    out.append(
+        f"{kind} #{report['run']} {report['status']} in {report['duration_s']:.1f} s"
+        + (" (nothing was changed)" if dry else "")
+    )
+    return "\n".join(out)
