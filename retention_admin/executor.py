@@ -437,9 +437,10 @@ class _Executor:
         """Delete ChordCounters whose chord has completed or can no longer complete.
 
         Orphaned: every header result is finished (a ready state) or gone, and the
-        newest of their ``date_done`` and the counter's first sighting is older than
-        ``result_expires``. The sighting keeps a chord whose header tasks are still
-        queued (no rows yet) from looking like one whose rows were deleted.
+        newest ``date_done`` among them is older than ``result_expires``. When no
+        header row exists at all, the counter's first sighting stands in for that
+        date: it keeps a chord whose header tasks are still queued (no rows yet)
+        from looking like one whose rows were deleted long ago.
         """
         expires = self._remainder_expires()
         if expires is None:
@@ -490,8 +491,11 @@ class _Executor:
                 rows = [found[tid] for tid in ids if tid in found]
                 if any(status not in states.READY_STATES for status, _done in rows):
                     continue
-                first_seen = seen.get(counter["group_id"], self.now)
-                newest = max([done for _status, done in rows] + [first_seen])
+                if rows:
+                    newest = max(done for _status, done in rows)
+                else:
+                    # No header row at all: still queued, or long gone? Only time tells.
+                    newest = seen.get(counter["group_id"], self.now)
                 if newest < cutoff:
                     # Only if the count is still what we judged: no part returned since.
                     orphans |= Q(id=counter["id"], count=counter["count"])

@@ -1,0 +1,41 @@
+# Everything a new user needs: `make demo` and `make test` bootstrap .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO := DJANGO_SETTINGS_MODULE=testproject.demo_settings $(BIN)/python manage.py
+
+.PHONY: install test demo serve bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite on SQLite, then PostgreSQL and MariaDB (skipped with a reason
+# when a server is not reachable; with CI=true a missing server is a failure).
+test: $(STAMP)
+	$(BIN)/python scripts/run_tests.py $(ARGS)
+
+demo: $(STAMP)
+	rm -f var/demo.sqlite3
+	mkdir -p var
+	$(DEMO) migrate --noinput -v 0
+	$(DEMO) load_demo_history
+	$(DEMO) cleanup_results --dry-run --no-progress
+	$(DEMO) cleanup_results --no-progress
+	$(DEMO) demo_superuser
+	@if [ -z "$(NO_SERVE)" ]; then $(MAKE) --no-print-directory serve; fi
+
+serve: $(STAMP)
+	@echo "Serving the admin at http://127.0.0.1:8000/admin/ (Ctrl-C to stop)"
+	$(DEMO) runserver 127.0.0.1:8000
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+
+from .services import in_ci, service_problem
+
+
+def require(service: str) -> None:
+    """Skip (or, in CI, fail) when a loopback server the test needs is not there."""
+    problem = service_problem(service)
+    if problem:
+        if in_ci():
+            pytest.fail(f"CI needs {service}: {problem}")
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[None]:
+    require("redis")
+    yield
+
+
+@pytest.fixture
+def rabbitmq_server() -> Iterator[None]:
+    require("rabbitmq")
+    yield
+
+
+@pytest.fixture
+def vendor() -> str:
+    return connection.vendor
+
+
+class ResultFactory:
+    """Creates TaskResult rows with a given age (date_done is auto_now, so set it after)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(
+        self,
+        *,
+        task_name: str | None = "tasks.work",
+        status: str = "SUCCESS",
+        age: timedelta = timedelta(0),
+        result: str | None = '"ok"',
+        task_id: str | None = None,
+    ) -> TaskResult:
+        self.count += 1
+        row = TaskResult.objects.create(
+            task_id=task_id or f"task-{self.count:06d}",
+            task_name=task_name,
+            status=status,
+            result=result,
+            content_type="application/json",
+            content_encoding="utf-8",
+        )
+        done = timezone.now() - age
+        TaskResult.objects.filter(pk=row.pk).update(date_done=done, date_created=done)
+        row.date_done = done
+        return row
+
+
+@pytest.fixture
+def make_result(db: None) -> ResultFactory:
+    return ResultFactory()
+
+
+def ids_left() -> set[str]:
+    return set(TaskResult.objects.values_list("task_id", flat=True))

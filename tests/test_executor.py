@@ -1,0 +1,316 @@
+"""Policy semantics as the executor applies them, on whichever database the suite runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_celery_results.models import ChordCounter, GroupResult, TaskResult
+
+from retention_admin.executor import CleanupError, Options, Selection, run_cleanup
+from retention_admin.models import (
+    ChordCounterSighting,
+    CleanupLease,
+    CleanupRun,
+    RetentionHold,
+    RetentionPolicy,
+    RetentionTier,
+)
+from testproject.celery import app
+
+from .conftest import ids_left
+
+DAY = timedelta(days=1)
+pytestmark = pytest.mark.django_db
+
+
+def policy(name: str, **fields: object) -> RetentionPolicy:
+    fields.setdefault("tier", RetentionTier.objects.get(slug="daily"))
+    fields.setdefault("priority", 100)
+    return RetentionPolicy.objects.create(name=name, **fields)
+
+
+def run(**kwargs: object) -> CleanupRun:
+    selection = Selection(
+        policies=list(kwargs.pop("policies", [])),  # type: ignore[call-overload]
+        tiers=list(kwargs.pop("tiers", [])),  # type: ignore[call-overload]
+    )
+    return run_cleanup(selection, Options(**kwargs))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def expires():
+    """Set Celery's result_expires for one test."""
+    original = app.conf.result_expires
+
+    def set_(value: object) -> None:
+        app.conf.result_expires = value
+
+    yield set_
+    app.conf.result_expires = original
+
+
+def test_lowest_priority_wins_and_each_result_has_one_policy(make_result):
+    policy("reports-long", task_name_pattern="reports.*", keep_for=30 * DAY, priority=10)
+    policy("reports-short", task_name_pattern="reports.*", keep_for=2 * DAY, priority=20)
+    make_result(task_id="r-10d", task_name="reports.build", age=10 * DAY)
+    make_result(task_id="r-40d", task_name="reports.build", age=40 * DAY)
+
+    report = run().report
+
+    assert ids_left() == {"r-10d"}
+    by_name = {p["name"]: p for p in report["policies"]}
+    assert by_name["reports-long"]["deleted"] == 1
+    assert by_name["reports-short"]["matched"] == 0  # shadowed: it governs nothing
+
+
+def test_ties_in_priority_are_broken_by_name(make_result):
+    policy("b-short", task_name_pattern="x.*", keep_for=DAY, priority=5)
+    policy("a-long", task_name_pattern="x.*", keep_for=30 * DAY, priority=5)
+    make_result(task_id="x", task_name="x.y", age=3 * DAY)
+    run()
+    assert ids_left() == {"x"}  # a-long governs
+
+
+def test_holds_protect_until_they_end(make_result):
+    make_result(task_id="held", age=3 * DAY)
+    make_result(task_id="hold-ended", age=3 * DAY)
+    make_result(task_id="free", age=3 * DAY)
+    RetentionHold.objects.create(task_id="held", reason="incident 42")
+    RetentionHold.objects.create(
+        task_id="hold-ended", reason="old", until=timezone.now() - timedelta(minutes=1)
+    )
+
+    report = run().report
+
+    assert ids_left() == {"held"}
+    assert report["unmatched"] == {"matched": 2, "deleted": 2}
+
+
+def test_keep_forever_protects_even_with_days(make_result):
+    policy("critical", task_name_pattern="critical.*", keep_for=None, priority=1)
+    make_result(task_id="c", task_name="critical.ledger", age=3000 * DAY)
+    make_result(task_id="o", task_name="other", age=3 * DAY)
+
+    report = run(days=1).report
+
+    assert ids_left() == {"c"}
+    assert report["policies"][0] == {
+        "name": "critical", "tier": "daily", "matched": 0, "deleted": 0, "archived": 0, "bytes": 0,
+    }
+
+
+def test_remainder_follows_result_expires(make_result, expires):
+    expires(timedelta(hours=12))
+    make_result(task_id="13h", age=timedelta(hours=13))
+    make_result(task_id="11h", age=timedelta(hours=11))
+    run()
+    assert ids_left() == {"11h"}
+
+
+def test_result_expires_none_keeps_the_remainder(make_result, expires):
+    expires(None)
+    make_result(task_id="old", age=400 * DAY)
+    run_ = run()
+    assert ids_left() == {"old"}
+    assert any("result_expires is None" in note for note in run_.notes)
+
+
+def test_seeded_failure_policy_keeps_failures_seven_days(make_result):
+    make_result(task_id="fail-3d", status="FAILURE", age=3 * DAY)
+    make_result(task_id="fail-8d", status="FAILURE", age=8 * DAY)
+    make_result(task_id="ok-3d", status="SUCCESS", age=3 * DAY)
+    run()
+    assert ids_left() == {"fail-3d"}
+
+
+def test_days_overrides_every_selected_policy_and_the_remainder(make_result):
+    make_result(task_id="fail-3d", status="FAILURE", age=3 * DAY)
+    make_result(task_id="ok-3d", age=3 * DAY)
+    make_result(task_id="ok-1d", age=timedelta(hours=30))
+    run(days=2)
+    assert ids_left() == {"ok-1d"}
+
+
+def test_archive_policies_delete_nothing_until_archiving_exists(make_result):
+    policy("audit", task_name_pattern="audit.*", keep_for=DAY, archive=True, priority=1)
+    make_result(task_id="a", task_name="audit.login", age=5 * DAY)
+
+    run_ = run()
+
+    assert ids_left() == {"a"}
+    audit = next(p for p in run_.report["policies"] if p["name"] == "audit")
+    assert audit["matched"] == 1 and audit["deleted"] == 0
+    assert any("wait for archive" in note for note in run_.notes)
+
+
+def test_size_matcher_uses_bytes_not_characters(make_result):
+    policy("big", min_result_bytes=10, keep_for=timedelta(hours=1), priority=1)
+    make_result(task_id="small", result='"éé"', age=2 * timedelta(hours=1))  # 6 bytes
+    make_result(task_id="big", result='"ééééé"', age=2 * timedelta(hours=1))  # 12 bytes, 7 chars
+    run(policies=["big"])
+    assert ids_left() == {"small"}
+
+
+def test_dry_run_changes_nothing_and_reports_what_would_go(make_result):
+    make_result(task_id="old-1", age=3 * DAY, result='"x"')
+    make_result(task_id="old-2", age=3 * DAY)
+    make_result(task_id="new", age=timedelta(hours=1))
+    GroupResult.objects.create(group_id="g", content_type="application/json", content_encoding="utf-8")
+    GroupResult.objects.filter(group_id="g").update(date_done=timezone.now() - 3 * DAY)
+
+    run_ = run(dry_run=True)
+
+    assert ids_left() == {"old-1", "old-2", "new"}
+    assert GroupResult.objects.count() == 1
+    assert run_.dry_run and run_.status == "succeeded"
+    assert run_.report["unmatched"] == {"matched": 2, "deleted": 0}
+    assert run_.report["totals"]["bytes"] > 0
+    assert any("1 expired group results would be deleted" in n for n in run_.notes)
+
+
+def test_tier_selection_runs_only_that_tier(make_result):
+    weekly = RetentionTier.objects.get(slug="weekly")
+    policy("weekly-x", task_name_pattern="x.*", keep_for=DAY, tier=weekly, priority=1)
+    policy("daily-y", task_name_pattern="y.*", keep_for=DAY, priority=2)
+    make_result(task_id="x", task_name="x.a", age=3 * DAY)
+    make_result(task_id="y", task_name="y.a", age=3 * DAY)
+    make_result(task_id="z", task_name="z.a", age=3 * DAY)
+
+    report = run(tiers=["weekly"]).report
+
+    assert ids_left() == {"y", "z"}  # no remainder without "everything"
+    assert [p["name"] for p in report["policies"]] == ["weekly-x"]
+
+
+def test_batches_are_separate_deletes_in_date_done_order(make_result):
+    for i in range(7):
+        make_result(task_id=f"t{i}", age=(10 - i) * DAY)
+    with CaptureQueriesContext(connection) as queries:
+        report = run(batch_size=3).report
+    deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+    assert len([d for d in deletes if "taskresult" in d]) == 3  # 3 + 3 + 1
+    assert report["unmatched"]["deleted"] == 7
+
+
+def test_max_runtime_stops_cleanly_and_the_next_run_continues(make_result):
+    for i in range(6):
+        make_result(task_id=f"t{i}", age=3 * DAY)
+
+    first = run(batch_size=2, sleep_seconds=0.3, max_runtime_seconds=0.2)
+
+    assert first.status == "partial"
+    assert 0 < first.deleted < 6
+    assert len(ids_left()) == 6 - first.deleted
+    second = run(batch_size=2)
+    assert second.status == "succeeded"
+    assert ids_left() == set()
+
+
+def test_busy_lease_skips_the_scope_and_names_the_holder(make_result):
+    make_result(task_id="old", age=3 * DAY)
+    CleanupLease.objects.create(
+        scope="remainder", holder="otherhost:123:abc", expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    run_ = run(policies=[], tiers=[])
+    assert run_.status == "partial"  # the failure policy ran, the remainder was skipped
+    assert run_.options["busy"] == ["remainder"]
+    assert any("otherhost:123:abc" in note for note in run_.notes)
+    assert ids_left() == {"old"}
+
+
+def test_stale_lease_is_taken_over(make_result):
+    make_result(task_id="old", age=3 * DAY)
+    CleanupLease.objects.create(
+        scope="remainder", holder="dead:1:x", expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert run().status == "succeeded"
+    assert ids_left() == set()
+    assert CleanupLease.objects.get(scope="remainder").holder == ""  # released
+
+
+def test_every_run_is_recorded(make_result):
+    make_result(age=3 * DAY)
+    run(dry_run=True)
+    run()
+    assert list(CleanupRun.objects.order_by("id").values_list("dry_run", "status", "deleted")) == [
+        (True, "succeeded", 0),
+        (False, "succeeded", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"days": 0}, "--days must be 1 or more"),
+        ({"batch_size": 0}, "--batch-size must be 1 or more"),
+        ({"sleep_seconds": -1}, "--sleep must be 0 or more"),
+        ({"database": "nope"}, "Unknown database alias 'nope'"),
+        ({"tiers": ["hourly"]}, "No retention tier 'hourly'"),
+        ({"policies": ["nope"]}, "No retention policy named 'nope'"),
+        ({"policies": ["api-6h"]}, "is disabled"),
+    ],
+)
+def test_bad_selection_is_refused_before_anything_changes(make_result, options, message):
+    make_result(age=3 * DAY)
+    with pytest.raises(CleanupError, match=message):
+        run(**options)
+    assert TaskResult.objects.count() == 1
+    assert not CleanupRun.objects.exists()
+
+
+def test_expired_groups_are_deleted_unless_held():
+    for group_id in ("old", "held", "new"):
+        GroupResult.objects.create(group_id=group_id, content_type="a", content_encoding="b")
+    GroupResult.objects.exclude(group_id="new").update(date_done=timezone.now() - 3 * DAY)
+    RetentionHold.objects.create(task_id="held", reason="keep the group")
+
+    report = run().report
+
+    assert set(GroupResult.objects.values_list("group_id", flat=True)) == {"held", "new"}
+    assert report["groups"] == {"deleted": 1}
+
+
+def _chord(group_id: str, task_ids: list[str], count: int = 0) -> ChordCounter:
+    sub_tasks = json.dumps([[[tid, None], None] for tid in task_ids])
+    return ChordCounter.objects.create(group_id=group_id, sub_tasks=sub_tasks, count=count or len(task_ids))
+
+
+def test_orphaned_chord_counters(make_result):
+    make_result(task_id="done-old-1", age=3 * DAY, status="SUCCESS")
+    make_result(task_id="done-old-2", age=3 * DAY, status="FAILURE")
+    make_result(task_id="running", age=3 * DAY, status="STARTED")
+    make_result(task_id="done-new", age=timedelta(hours=1))
+    _chord("finished-long-ago", ["done-old-1", "done-old-2"])
+    _chord("still-running", ["done-old-1", "running"])
+    _chord("finished-recently", ["done-old-1", "done-new"])
+    _chord("queued-no-rows-yet", ["never-ran-1", "never-ran-2"])
+
+    # Held results are kept, but the counter with old results still goes (its rows stay).
+    report = run(policies=["failures-7d"], tiers=[]).report  # selection without remainder
+    assert report["chord_counters"] == {"deleted": 0}
+
+    report = run().report
+    left = set(ChordCounter.objects.values_list("group_id", flat=True))
+    assert left == {"still-running", "finished-recently", "queued-no-rows-yet"}
+    assert report["chord_counters"] == {"deleted": 1}
+
+    # A counter with no result rows goes only once it has been seen for result_expires.
+    ChordCounterSighting.objects.filter(group_id="queued-no-rows-yet").update(
+        first_seen=timezone.now() - 2 * DAY
+    )
+    run()
+    assert set(ChordCounter.objects.values_list("group_id", flat=True)) == {
+        "still-running", "finished-recently",
+    }
+    assert not ChordCounterSighting.objects.filter(group_id="queued-no-rows-yet").exists()
+
+
+def test_dry_run_does_not_record_chord_sightings():
+    _chord("g", ["a"])
+    run(dry_run=True)
+    assert not ChordCounterSighting.objects.exists()
