@@ -64,7 +64,11 @@ class Progress(Protocol):
 
 @dataclass
 class Selection:
-    """What to clean. No policies and no tiers means everything plus the remainder."""
+    """What to clean: named policies, tiers' policies, and/or the unmatched remainder.
+
+    Nothing named means every policy plus the remainder; ``remainder=True`` alone
+    (``celery.backend_cleanup``) means the remainder only.
+    """
 
     policies: list[str] = field(default_factory=list)
     tiers: list[str] = field(default_factory=list)
@@ -72,11 +76,11 @@ class Selection:
 
     @property
     def everything(self) -> bool:
-        return not self.policies and not self.tiers
+        return not self.policies and not self.tiers and self.remainder is None
 
     @property
     def includes_remainder(self) -> bool:
-        return self.everything if self.remainder is None else self.remainder
+        return self.everything or bool(self.remainder)
 
 
 @dataclass

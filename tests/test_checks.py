@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+from retention_admin import checks as our_checks
+from testproject.celery import app
+
+
+@pytest.fixture
+def celery_conf() -> Iterator[Any]:
+    """Change the Celery app's configuration for one test, then put it back."""
+    keys = [
+        "result_backend", "beat_scheduler", "result_extended", "result_serializer",
+        "result_accept_content", "accept_content", "broker_url",
+    ]
+    saved = {key: app.conf[key] for key in keys}
+    yield app.conf
+    app.conf.update(saved)
+
+
+def ids(messages: list[checks.CheckMessage]) -> list[str]:
+    return [m.id for m in messages if m.id and m.id.startswith("retention_admin.")]
+
+
+def test_checks_are_registered_and_the_test_project_is_clean(db):
+    registered = {check.__name__ for check in checks.registry.registry.get_checks()}
+    assert {
+        "check_settings", "check_result_backend", "check_beat_scheduler", "check_result_extended",
+        "check_pickle", "check_plain_redis",
+    } <= registered
+    assert ids(checks.run_checks()) == []
+
+
+def test_w001_stock_django_db_backend_while_policies_exist(db, celery_conf):
+    celery_conf.result_backend = "django-db"
+    messages = checks.run_checks()
+    assert ids(messages) == ["retention_admin.W001"]
+    assert "including results that enabled retention policies keep" in messages[0].msg
+
+
+def test_w001_is_silent_without_enabled_policies(db, celery_conf):
+    from retention_admin.models import RetentionPolicy
+
+    RetentionPolicy.objects.update(enabled=False)
+    celery_conf.result_backend = "django-db"
+    assert ids(checks.run_checks()) == []
+
+
+def test_w002_stock_database_scheduler(celery_conf):
+    celery_conf.beat_scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
+    assert ids(our_checks.check_beat_scheduler()) == ["retention_admin.W002"]
+
+
+def test_w003_result_extended_off(celery_conf):
+    celery_conf.result_extended = False
+    assert ids(our_checks.check_result_extended()) == ["retention_admin.W003"]
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("result_serializer", "pickle"),
+        ("result_accept_content", ["json", "pickle"]),
+        ("accept_content", ["application/x-python-serialize", "pickle"]),
+    ],
+)
+def test_w004_pickle(celery_conf, setting, value):
+    setattr(celery_conf, setting, value)
+    assert ids(our_checks.check_pickle()) == ["retention_admin.W004"]
+
+
+@pytest.mark.parametrize(
+    "setting, url, flagged",
+    [
+        ("result_backend", "redis://:secret@cache.internal:6379/0", True),
+        ("broker_url", "redis://10.1.2.3:6379/0", True),
+        ("broker_url", "redis://127.0.0.1:6379/0", False),
+        ("broker_url", "redis://localhost/0", False),
+        ("result_backend", "rediss://cache.internal:6379/0", False),
+        ("broker_url", "amqp://guest@rabbit.internal//", False),
+    ],
+)
+def test_w005_plain_redis_to_another_host(celery_conf, setting, url, flagged):
+    setattr(celery_conf, setting, url)
+    messages = our_checks.check_plain_redis()
+    assert ids(messages) == (["retention_admin.W005"] if flagged else [])
+    assert all("secret" not in m.msg for m in messages)
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ([], "must be a dict, not list"),
+        ({"BATCH_SIZ": 10}, "unknown key 'BATCH_SIZ'"),
+        ({"BATCH_SIZE": 0}, "BATCH_SIZE'] must be a whole number of at least 1, not 0"),
+        ({"BATCH_SIZE": True}, "BATCH_SIZE'] must be a whole number"),
+        ({"SLEEP_SECONDS": -1}, "SLEEP_SECONDS'] must be a number of seconds, 0 or more"),
+        ({"MAX_RUNTIME_SECONDS": 0}, "MAX_RUNTIME_SECONDS'] must be None or a number"),
+        ({"FAN_OUT": "yes"}, "FAN_OUT'] must be True or False"),
+    ],
+)
+def test_e001_malformed_setting(value, fragment):
+    with override_settings(RETENTION_ADMIN=value):
+        messages = our_checks.check_settings()
+    assert ids(messages) and set(ids(messages)) == {"retention_admin.E001"}
+    assert any(fragment in m.msg for m in messages)
+
+
+def test_malformed_setting_stops_a_run_with_a_clear_error(db):
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.management import call_command
+
+    with override_settings(RETENTION_ADMIN={"BATCH_SIZE": "big"}):
+        with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE'] must be a whole number"):
+            call_command("cleanup_results")
