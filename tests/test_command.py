@@ -120,10 +120,27 @@ def test_lease_held_elsewhere_exits_with_status_3(make_result):
     assert ids_left() == set()  # the remainder still ran
 
 
-def test_progress_bar_only_on_a_terminal(make_result):
-    make_result(age=3 * DAY)
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(make_result):
+    for i in range(5):
+        make_result(task_id=f"t{i}", age=3 * DAY)
     _, err = cleanup()
     assert err == ""  # StringIO is not a terminal
+
+    for i in range(5):
+        make_result(task_id=f"u{i}", age=3 * DAY)
+    tty = Terminal()
+    call_command("cleanup_results", "--batch-size", "2", stdout=StringIO(), stderr=tty)
+    assert "unmatched: 100%" in tty.getvalue() and "5/5" in tty.getvalue()
+
+    make_result(task_id="v", age=3 * DAY)
+    quiet = Terminal()
+    call_command("cleanup_results", "--no-progress", stdout=StringIO(), stderr=quiet)
+    assert quiet.getvalue() == ""
 
 
 def test_command_line_exit_status_and_stderr_for_bad_input():

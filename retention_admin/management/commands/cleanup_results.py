@@ -22,7 +22,9 @@ class TqdmProgress:
         self.bar: tqdm[Any] | None = None
 
     def start(self, label: str, total: int | None) -> None:
-        self.bar = tqdm(total=total, desc=label, unit="rows", file=self.stream, leave=False)
+        if total == 0:
+            return  # nothing due in this scope: no bar to clutter the terminal
+        self.bar = tqdm(total=total, desc=label, unit="rows", file=self.stream, leave=True)
 
     def advance(self, count: int) -> None:
         if self.bar is not None:
