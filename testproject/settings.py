@@ -82,6 +82,8 @@ CELERY_BEAT_SCHEDULER = "retention_admin.schedulers.RetentionScheduler"
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1"
+# The end-to-end test gives its worker and beat a queue of their own.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 
 RETENTION_ADMIN: dict = {}
 
@@ -89,5 +91,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"retention_admin": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "retention_admin": {"handlers": ["console"], "level": "INFO", "propagate": False}
+    },
 }

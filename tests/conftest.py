@@ -74,3 +74,17 @@ def make_result(db: None) -> ResultFactory:
 
 def ids_left() -> set[str]:
     return set(TaskResult.objects.values_list("task_id", flat=True))
+
+
+@pytest.fixture
+def seeded_transactional_db(transactional_db: None) -> None:
+    """A transactional test's database with the seeded schedules, tiers and policies.
+
+    Transactional tests run last and each flushes the tables afterwards, taking
+    the rows the seeding migration created with them; put them back first.
+    """
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("retention_admin.migrations.0002_seed_schedules_and_policies").seed(apps)

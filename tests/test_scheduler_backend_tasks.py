@@ -25,37 +25,44 @@ def cron_of(name: str) -> tuple[str, str]:
     return task.crontab.minute, task.crontab.hour
 
 
+def install_defaults(scheduler_class: type) -> None:
+    # Beat calls close_old_connections() as it reads the schedule, which would close
+    # a test connection inside its transaction: these tests use seeded_transactional_db.
+    scheduler = scheduler_class(app=app, lazy=True)
+    scheduler.install_default_entries({})
+
+
 def edit_backend_cleanup() -> None:
     task = PeriodicTask.objects.get(name="celery.backend_cleanup")
     task.crontab = CrontabSchedule.objects.create(minute="30", hour="5")
     task.save()
 
 
-def test_stock_scheduler_resets_the_operators_edit():
+def test_stock_scheduler_resets_the_operators_edit(seeded_transactional_db):
     # The behaviour we fix: stock django-celery-beat's default entry install.
     edit_backend_cleanup()
-    DatabaseScheduler(app=app, lazy=True).install_default_entries({})
+    install_defaults(DatabaseScheduler)
     assert cron_of("celery.backend_cleanup") == ("0", "4")
 
 
-def test_retention_scheduler_keeps_the_operators_edit():
+def test_retention_scheduler_keeps_the_operators_edit(seeded_transactional_db):
     edit_backend_cleanup()
-    RetentionScheduler(app=app, lazy=True).install_default_entries({})
+    install_defaults(RetentionScheduler)
     assert cron_of("celery.backend_cleanup") == ("30", "5")
 
 
-def test_retention_scheduler_creates_the_entry_when_missing():
+def test_retention_scheduler_creates_the_entry_when_missing(seeded_transactional_db):
     PeriodicTask.objects.filter(name="celery.backend_cleanup").delete()
-    RetentionScheduler(app=app, lazy=True).install_default_entries({})
+    install_defaults(RetentionScheduler)
     assert cron_of("celery.backend_cleanup") == ("0", "4")
 
 
-def test_retention_scheduler_does_not_create_it_without_result_expires():
+def test_retention_scheduler_does_not_create_it_without_result_expires(seeded_transactional_db):
     PeriodicTask.objects.filter(name="celery.backend_cleanup").delete()
     original = app.conf.result_expires
     app.conf.result_expires = None
     try:
-        RetentionScheduler(app=app, lazy=True).install_default_entries({})
+        install_defaults(RetentionScheduler)
     finally:
         app.conf.result_expires = original
     assert not PeriodicTask.objects.filter(name="celery.backend_cleanup").exists()
@@ -156,3 +163,11 @@ def test_tiers_link_their_periodic_task():
     for tier in RetentionTier.objects.all():
         assert tier.periodic_task.task == "retention_admin.tasks.run_tier"
     assert TaskResult.objects.count() == 0
+
+
+def test_an_edit_right_after_beat_starts_is_noticed(seeded_transactional_db):
+    stock = DatabaseScheduler(app=app)  # not lazy: sets the schedule up as beat does
+    ours = RetentionScheduler(app=app)
+    edit_backend_cleanup()
+    assert not stock.schedule_changed()  # missed until its 5-minute forced re-read
+    assert ours.schedule_changed()
