@@ -236,9 +236,11 @@ class _Executor:
 
                 def remainder() -> None:
                     nonlocal groups, chords
+                    # Chord counters first: judging them needs their header results,
+                    # which the remainder may be about to delete.
+                    chords = self._clean_chord_counters()
                     self._clean_remainder(governance, unmatched)
                     groups = self._clean_groups()
-                    chords = self._clean_chord_counters()
 
                 self._in_lease(REMAINDER_SCOPE, remainder)
         except Exception:
@@ -433,7 +435,7 @@ class _Executor:
         result = ScopeResult()
         # A hold placed on a group id keeps the group result too.
         self._delete_due(GroupResult, due, result, "groups", held_column="group_id")
-        if self.dry_run and result.matched:
+        if self.dry_run:
             self.notes.append(f"dry run: {result.matched} expired group results would be deleted")
         return result.deleted
 
@@ -515,7 +517,7 @@ class _Executor:
         if not self.dry_run:
             # Forget sightings of counters that are gone (completed or deleted).
             sightings.exclude(group_id__in=counters.values("group_id")).delete()
-        if would_delete:
+        if self.dry_run:
             self.notes.append(f"dry run: {would_delete} orphaned chord counters would be deleted")
         return deleted
 

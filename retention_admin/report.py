@@ -22,11 +22,13 @@ def format_report(report: dict[str, Any], notes: list[str] | None = None) -> str
         for p in report["policies"]
     ]
     unmatched = report["unmatched"]
+    totals = report["totals"]
+    # The JSON keeps the documented shape (no bytes for the remainder): derive them.
+    unmatched_bytes = totals["bytes"] - sum(p["bytes"] for p in report["policies"])
     rows.append(
         ("(unmatched: result_expires)", "-", str(unmatched["matched"]), str(unmatched["deleted"]),
-         "-", "")
+         "-", human_bytes(unmatched_bytes))
     )
-    totals = report["totals"]
     rows.append(
         ("Total", "", str(totals["matched"]), str(totals["deleted"]), str(totals["archived"]),
          human_bytes(totals["bytes"]))
@@ -43,10 +45,11 @@ def format_report(report: dict[str, Any], notes: list[str] | None = None) -> str
     out += [line(row) for row in rows[:-1]]
     out.append("  ".join("-" * w for w in widths))
     out.append(line(rows[-1]))
-    out.append(
-        f"Group results deleted: {report['groups']['deleted']}; "
-        f"chord counters deleted: {report['chord_counters']['deleted']}"
-    )
+    if not dry:  # a dry run's would-be counts are in the notes
+        out.append(
+            f"Group results deleted: {report['groups']['deleted']}; "
+            f"chord counters deleted: {report['chord_counters']['deleted']}"
+        )
     for note in notes or []:
         out.append(f"Note: {note}")
     kind = "Dry run" if dry else "Run"

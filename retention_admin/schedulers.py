@@ -17,13 +17,6 @@ class RetentionScheduler(DatabaseScheduler):  # type: ignore[misc]
     every beat start, resetting the entry to 04:00 daily whatever the admin says.
     """
 
-    def setup_schedule(self) -> None:
-        # Stock beat only starts comparing django-celery-beat's change marker at its
-        # second look, so an edit made right after start waits for the 5-minute
-        # forced re-read. Remember the marker as it is now instead.
-        self._last_timestamp = self.Changes.last_change()
-        super().setup_schedule()
-
     def install_default_entries(self, data: Any) -> None:
         conf = self.app.conf
         if not conf.result_expires or self.app.backend.supports_autoexpire:

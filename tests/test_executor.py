@@ -314,3 +314,17 @@ def test_dry_run_does_not_record_chord_sightings():
     _chord("g", ["a"])
     run(dry_run=True)
     assert not ChordCounterSighting.objects.exists()
+
+
+def test_chord_counters_are_judged_before_their_header_results_are_deleted(make_result):
+    make_result(task_id="h1", age=3 * DAY)
+    make_result(task_id="h2", age=3 * DAY)
+    _chord("chord", ["h1", "h2"])
+
+    dry = run(dry_run=True)
+    assert "dry run: 1 orphaned chord counters would be deleted" in dry.notes
+
+    real = run()
+    assert real.report["chord_counters"] == {"deleted": 1}  # the same as the dry run said
+    assert real.report["unmatched"]["deleted"] == 2
+    assert not ChordCounter.objects.exists()

@@ -164,10 +164,3 @@ def test_tiers_link_their_periodic_task():
         assert tier.periodic_task.task == "retention_admin.tasks.run_tier"
     assert TaskResult.objects.count() == 0
 
-
-def test_an_edit_right_after_beat_starts_is_noticed(seeded_transactional_db):
-    stock = DatabaseScheduler(app=app)  # not lazy: sets the schedule up as beat does
-    ours = RetentionScheduler(app=app)
-    edit_backend_cleanup()
-    assert not stock.schedule_changed()  # missed until its 5-minute forced re-read
-    assert ours.schedule_changed()
