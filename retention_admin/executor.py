@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from celery import states
 from django.db import connections, router, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, Sum, Value
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
@@ -396,35 +396,42 @@ class _Executor:
                 self.progress.finish()
 
     def _batches(self, model: Any, due: Q) -> Iterator[tuple[int, int]]:
+        """Delete the due rows batch by batch; yield (deleted, estimated bytes) per batch.
+
+        A keyset cursor on (date_done, id) starts each SELECT where the last batch
+        ended: scanning from the oldest row again would wade through the index
+        entries of every row already deleted (dead until vacuumed), making the run
+        quadratic. Rows left behind by a batch (changed since the SELECT) were not
+        due any more; the next run looks at them again.
+        """
         manager = model.objects.using(self.db)
-        size_expr = row_bytes_expression() if model is TaskResult else None
-        first_batch = True
-        last_ids: list[int] | None = None
+        size_expr = row_bytes_expression() if model is TaskResult else Value(0)
+        after: tuple[datetime, int] | None = None
         while True:
             self._check_time()
-            if not first_batch and self.sleep_seconds:
+            if after is not None and self.sleep_seconds:
                 time.sleep(self.sleep_seconds)
-            first_batch = False
             assert self.lease is not None
             self.lease.renew()
-            ordered = manager.filter(due).order_by("date_done", "id")
-            if size_expr is not None:
-                rows = list(ordered.values_list("id", size_expr)[: self.batch_size])
-            else:
-                rows = [(pk, 0) for pk in ordered.values_list("id", flat=True)[: self.batch_size]]
+            selected = manager.filter(due)
+            if after is not None:
+                selected = selected.filter(date_done__gte=after[0]).exclude(
+                    date_done=after[0], id__lte=after[1]
+                )
+            rows = list(
+                selected.order_by("date_done", "id").values_list("id", "date_done", size_expr)[
+                    : self.batch_size
+                ]
+            )
             if not rows:
                 return
-            ids = [pk for pk, _size in rows]
-            if ids == last_ids:
-                raise RuntimeError(
-                    f"the same {len(ids)} rows were selected twice but could not be deleted"
-                )
-            last_ids = ids
+            after = (rows[-1][1], rows[-1][0])
+            ids = [pk for pk, _done, _size in rows]
             with transaction.atomic(using=self.db):
                 # The DELETE re-checks every condition: a row re-run or held since the
                 # SELECT no longer matches and stays.
                 deleted, _ = manager.filter(due, id__in=ids).delete()
-            sizes = sum(size for _pk, size in rows)
+            sizes = sum(size for _pk, _done, size in rows)
             yield deleted, sizes if deleted == len(rows) else sizes * deleted // len(rows)
 
     def _clean_groups(self) -> int:
