@@ -27,6 +27,7 @@ from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
 from . import conf
+from .batches import delete_batch
 from .celery_config import result_expires
 from .leases import Lease, LeaseBusy, LeaseLost, make_holder
 from .matching import Governance, Rule, row_bytes_expression
@@ -398,41 +399,30 @@ class _Executor:
     def _batches(self, model: Any, due: Q) -> Iterator[tuple[int, int]]:
         """Delete the due rows batch by batch; yield (deleted, estimated bytes) per batch.
 
-        A keyset cursor on (date_done, id) starts each SELECT where the last batch
-        ended: scanning from the oldest row again would wade through the index
-        entries of every row already deleted (dead until vacuumed), making the run
-        quadratic. Rows left behind by a batch (changed since the SELECT) were not
-        due any more; the next run looks at them again.
+        A keyset cursor on (date_done, id) starts each batch where the last ended:
+        scanning from the oldest row again would wade through the index entries of
+        every row already deleted (dead until vacuumed), making the run quadratic.
+        A row a batch skipped (changed since it was picked) was not due any more;
+        the next run looks at it again.
         """
-        manager = model.objects.using(self.db)
-        size_expr = row_bytes_expression() if model is TaskResult else Value(0)
-        after: tuple[datetime, int] | None = None
+        size = row_bytes_expression() if model is TaskResult else Value(0)
+        after: tuple[datetime, Any] | None = None
         while True:
             self._check_time()
             if after is not None and self.sleep_seconds:
                 time.sleep(self.sleep_seconds)
             assert self.lease is not None
             self.lease.renew()
-            selected = manager.filter(due)
-            if after is not None:
-                selected = selected.filter(date_done__gte=after[0]).exclude(
-                    date_done=after[0], id__lte=after[1]
-                )
-            rows = list(
-                selected.order_by("date_done", "id").values_list("id", "date_done", size_expr)[
-                    : self.batch_size
-                ]
-            )
-            if not rows:
+            rows = delete_batch(model, due, self.db, self.batch_size, after, size)
+            if rows:
+                last = max(rows, key=lambda row: (row[1], row[0]))
+                after = (last[1], last[0])
+                yield len(rows), sum(nbytes for _pk, _done, nbytes in rows)
+            if len(rows) < self.batch_size:
+                # The due rows past the cursor are used up. (A batch also comes back
+                # short when rows changed after they were picked: what is due behind
+                # them waits for the next run.)
                 return
-            after = (rows[-1][1], rows[-1][0])
-            ids = [pk for pk, _done, _size in rows]
-            with transaction.atomic(using=self.db):
-                # The DELETE re-checks every condition: a row re-run or held since the
-                # SELECT no longer matches and stays.
-                deleted, _ = manager.filter(due, id__in=ids).delete()
-            sizes = sum(size for _pk, _done, size in rows)
-            yield deleted, sizes if deleted == len(rows) else sizes * deleted // len(rows)
 
     def _clean_groups(self) -> int:
         expires = self._remainder_expires()
