@@ -413,12 +413,11 @@ class _Executor:
                 time.sleep(self.sleep_seconds)
             assert self.lease is not None
             self.lease.renew()
-            rows = delete_batch(model, due, self.db, self.batch_size, after, size)
-            if rows:
-                last = max(rows, key=lambda row: (row[1], row[0]))
-                after = (last[1], last[0])
-                yield len(rows), sum(nbytes for _pk, _done, nbytes in rows)
-            if len(rows) < self.batch_size:
+            batch = delete_batch(model, due, self.db, self.batch_size, after, size)
+            if batch.deleted:
+                after = batch.last
+                yield batch.deleted, batch.bytes
+            if batch.deleted < self.batch_size:
                 # The due rows past the cursor are used up. (A batch also comes back
                 # short when rows changed after they were picked: what is due behind
                 # them waits for the next run.)

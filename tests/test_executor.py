@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
@@ -330,3 +331,21 @@ def test_chord_counters_are_judged_before_their_header_results_are_deleted(make_
     assert real.report["chord_counters"] == {"deleted": 1}  # the same as the dry run said
     assert real.report["unmatched"]["deleted"] == 2
     assert not ChordCounter.objects.exists()
+
+
+def test_select_then_delete_fallback_for_databases_without_delete_returning(make_result):
+    # MySQL has no DELETE ... RETURNING; its path is plain ORM, so it runs anywhere.
+    from django.db.models import Value
+
+    from retention_admin import batches
+
+    made = [make_result(task_id=f"t{i}", age=(3 + i) * DAY) for i in range(3)]
+    make_result(task_id="recent")
+    due = Q(date_done__lt=timezone.now() - DAY)
+    picked = TaskResult.objects.filter(due).order_by("date_done", "id")
+
+    batch = batches._select_then_delete(picked, due, 2, Value(7))
+
+    assert batch.deleted == 2 and batch.bytes == 14
+    assert ids_left() == {"t0", "recent"}  # the two oldest went first
+    assert batch.last == (made[1].date_done, made[1].pk)  # the newer of the two: the cursor
