@@ -87,6 +87,8 @@ def _delete_returning(picked: QuerySet[Any], due: Q, connection: Any, limit: int
             picked_ids = f"{id_col} IN ({inner_sql})"
         sql = f"DELETE FROM {table} WHERE {picked_ids} AND {where_sql} {returning}"
         params = [*inner_params, *where_params, *size_params]
+        if connection.vendor == "postgresql":
+            return _summarised(connection, model, sql, params)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -100,6 +102,27 @@ def _delete_returning(picked: QuerySet[Any], due: Q, connection: Any, limit: int
         sum(int(nbytes or 0) for _pk, _done, nbytes in rows),
         (_to_datetime(connection, model, last_done), last_id),
     )
+
+
+def _summarised(connection: Any, model: Any, delete_sql: str, params: list[Any]) -> Batch:
+    """Run a DELETE ... RETURNING (id, date_done, bytes) and sum it up in SQL.
+
+    Only one row comes back: parsing thousands of timestamps in Python cost a
+    third of a batch's time.
+    """
+    sql = (
+        f"WITH deleted(id, date_done, nbytes) AS ({delete_sql}) "
+        "SELECT count(*), coalesce(sum(deleted.nbytes), 0), last.date_done, last.id "
+        "FROM deleted CROSS JOIN (SELECT id, date_done FROM deleted "
+        "ORDER BY date_done DESC, id DESC LIMIT 1) AS last GROUP BY last.date_done, last.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return Batch(0, 0, None)
+    count, nbytes, last_done, last_id = row
+    return Batch(int(count), int(nbytes), (_to_datetime(connection, model, last_done), last_id))
 
 
 def _compile_third_column(qs: QuerySet[Any]) -> tuple[str, list[Any]]:
