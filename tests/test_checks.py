@@ -97,9 +97,9 @@ def test_w005_plain_redis_to_another_host(celery_conf, setting, url, flagged):
     [
         ([], "must be a dict, not list"),
         ({"BATCH_SIZ": 10}, "unknown key 'BATCH_SIZ'"),
-        ({"BATCH_SIZE": 0}, "BATCH_SIZE'] must be a whole number of at least 1, not 0"),
-        ({"BATCH_SIZE": True}, "BATCH_SIZE'] must be a whole number"),
-        ({"SLEEP_SECONDS": -1}, "SLEEP_SECONDS'] must be a number of seconds, 0 or more"),
+        ({"BATCH_SIZE": 0}, "BATCH_SIZE'] must be None or a whole number of at least 1, not 0"),
+        ({"BATCH_SIZE": True}, "BATCH_SIZE'] must be None or a whole number"),
+        ({"SLEEP_SECONDS": -1}, "SLEEP_SECONDS'] must be None or a number of seconds, 0 or more"),
         ({"MAX_RUNTIME_SECONDS": 0}, "MAX_RUNTIME_SECONDS'] must be None or a number"),
         ({"FAN_OUT": "yes"}, "FAN_OUT'] must be True or False"),
     ],
@@ -116,5 +116,5 @@ def test_malformed_setting_stops_a_run_with_a_clear_error(db):
     from django.core.management import call_command
 
     with override_settings(RETENTION_ADMIN={"BATCH_SIZE": "big"}):
-        with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE'] must be a whole number"):
+        with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE'] must be None or a whole number"):
             call_command("cleanup_results")

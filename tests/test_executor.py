@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 from django.db.models import Q
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
@@ -349,3 +350,15 @@ def test_select_then_delete_fallback_for_databases_without_delete_returning(make
     assert batch.deleted == 2 and batch.bytes == 14
     assert ids_left() == {"t0", "recent"}  # the two oldest went first
     assert batch.last == (made[1].date_done, made[1].pk)  # the newer of the two: the cursor
+
+
+def test_batch_size_and_pause_default_per_database(make_result):
+    from retention_admin import conf
+
+    run_ = run()
+    expected = conf.DATABASE_DEFAULTS[connection.vendor]
+    assert (run_.options["batch_size"], run_.options["sleep_seconds"]) == expected
+    with override_settings(RETENTION_ADMIN={"BATCH_SIZE": 10, "SLEEP_SECONDS": 0}):
+        run_ = run()
+    assert (run_.options["batch_size"], run_.options["sleep_seconds"]) == (10, 0)
+    assert (run(batch_size=3, sleep_seconds=0.0).options["batch_size"]) == 3
