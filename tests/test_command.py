@@ -152,3 +152,19 @@ def test_command_line_exit_status_and_stderr_for_bad_input():
     )
     assert proc.returncode == 1
     assert "--days must be 1 or more, not 0." in proc.stderr
+
+
+def test_a_failing_run_is_recorded_and_reported(make_result):
+    make_result(task_id="fail", status="FAILURE", age=8 * DAY)
+    # A pattern that bypassed validation (edited in the database by hand).
+    from retention_admin.models import RetentionPolicy
+
+    RetentionPolicy.objects.filter(name="failures-7d").update(task_name_pattern="[oops")
+    with pytest.raises(CommandError) as excinfo:
+        cleanup()
+    run = CleanupRun.objects.get()
+    assert str(excinfo.value).startswith(f"Cleanup run #{run.pk} failed: ")
+    assert "never closed" in str(excinfo.value)
+    assert run.status == "failed" and "GlobError" in run.error
+    assert ids_left() == {"fail"}
+    assert CleanupLease.objects.filter(holder="").count() == CleanupLease.objects.count()  # released
