@@ -29,7 +29,7 @@ from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 from . import conf
 from .batches import delete_batch
 from .celery_config import result_expires
-from .leases import Lease, LeaseBusy, LeaseLost, make_holder
+from .leases import Lease, LeaseBusy, make_holder
 from .matching import Governance, Rule, row_bytes_expression
 from .models import ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
 
@@ -218,7 +218,7 @@ class _Executor:
 
     def run(self) -> CleanupRun:
         run = self._create_run()
-        policies: list[dict[str, Any]] = []
+        scoped: list[tuple[Rule, ScopeResult]] = []
         unmatched = ScopeResult()
         groups = chords = 0
         scopes = 0
@@ -230,12 +230,11 @@ class _Executor:
             rules = self._selected_rules(governance)
             for rule in rules:
                 result = ScopeResult()
-                policies.append(self._policy_report(rule, result))
+                scoped.append((rule, result))
                 scopes += 1
                 self._in_lease(
                     f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result)
                 )
-                policies[-1] = self._policy_report(rule, result)
             if self.selection.includes_remainder:
                 scopes += 1
 
@@ -251,6 +250,8 @@ class _Executor:
         except Exception:
             error = traceback.format_exc()
             logger.exception("cleanup run %s failed", run.pk)
+        # Counts as far as the run got: a failed run still reports what it deleted.
+        policies = [self._policy_report(rule, result) for rule, result in scoped]
         if error:
             status = CleanupRun.Status.FAILED
         elif scopes and len(self.busy) == scopes:

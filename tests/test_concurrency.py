@@ -58,6 +58,6 @@ def test_concurrent_runs_share_nothing_and_lose_nothing():
     # Runs overlapped: at least one found the remainder leased and named the holder.
     skipped = [r for r, code in zip(reports, codes) if code == 3]
     assert skipped, "the runs did not overlap; make the batches slower"
-    for out, err in (o for o, code in zip(outputs, codes) if code == 3):
+    for _out, err in (o for o, code in zip(outputs, codes) if code == 3):
         assert "another run holds the lease" in err
     assert CleanupRun.objects.count() == 3

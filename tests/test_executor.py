@@ -362,3 +362,18 @@ def test_batch_size_and_pause_default_per_database(make_result):
         run_ = run()
     assert (run_.options["batch_size"], run_.options["sleep_seconds"]) == (10, 0)
     assert (run(batch_size=3, sleep_seconds=0.0).options["batch_size"]) == 3
+
+
+def test_a_run_that_fails_midway_still_reports_what_it_deleted(make_result):
+    from retention_admin.executor import CleanupFailed
+
+    policy("first", task_name_pattern="a.*", keep_for=DAY, priority=1)
+    policy("broken", task_name_pattern="b.*", keep_for=DAY, priority=2)
+    RetentionPolicy.objects.filter(name="broken").update(task_name_pattern="b.[x")
+    make_result(task_id="a", task_name="a.x", age=3 * DAY)
+    with pytest.raises(CleanupFailed) as excinfo:
+        run()
+    recorded = excinfo.value.run
+    assert recorded.status == "failed" and recorded.deleted == 1
+    assert recorded.report["policies"][0]["deleted"] == 1
+    assert ids_left() == set()
