@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
@@ -43,6 +44,10 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "LEASE_SECONDS": (300, _positive_int, "a whole number of seconds, at least 1"),
     "FAN_OUT": (True, _boolean, "True or False"),
     "SNAPSHOT_TOP_TASKS": (20, _positive_int, "a whole number of at least 1"),
+    # Where archives go when STORAGES has no "retention_archive" storage.
+    "ARCHIVE_DIR": (None, lambda v: v is None or (isinstance(v, (str, PurePath)) and str(v) != ""), "None or a directory path"),
+    "ARCHIVE_BATCH_RECORDS": (10000, _positive_int, "a whole number of at least 1"),
+    "RESTORE_GRACE_DAYS": (7, lambda v: _non_negative_number(v), "a number of days, 0 or more"),
 }
 
 
@@ -66,6 +71,9 @@ class Config:
     lease_seconds: int
     fan_out: bool
     snapshot_top_tasks: int
+    archive_dir: str | PurePath | None
+    archive_batch_records: int
+    restore_grace_days: float
 
 
 def setting_errors(value: Any) -> list[str]:

@@ -26,12 +26,12 @@ from django.db.models import Count, Q, Sum, Value
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
-from . import conf
-from .batches import delete_batch
+from . import archive, conf
+from .batches import after_cursor, delete_batch
 from .celery_config import result_expires
 from .leases import Lease, LeaseBusy, make_holder
-from .matching import Governance, Rule, row_bytes_expression
-from .models import ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
+from .matching import ROW_OVERHEAD_BYTES, SIZE_COLUMNS, Governance, Rule, row_bytes_expression, text_bytes
+from .models import ArchiveBatch, ArchivedResult, ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class CleanupError(ValueError):
 class CleanupFailed(RuntimeError):
     """A run that started and failed; ``run`` holds the recorded CleanupRun."""
 
-    def __init__(self, run: CleanupRun):
-        super().__init__(run.error.strip().splitlines()[-1] if run.error else "cleanup failed")
+    def __init__(self, run: CleanupRun, message: str | None = None):
+        super().__init__(message or (run.error.strip().splitlines()[-1] if run.error else "cleanup failed"))
         self.run = run
 
 
@@ -170,6 +170,7 @@ class _Executor:
             else config.max_runtime_seconds
         )
         self.lease_seconds = config.lease_seconds
+        self.archive_records = config.archive_batch_records
         self.records_db = router.db_for_write(CleanupRun)
         self.holder = make_holder()
         self.progress = options.progress
@@ -177,8 +178,10 @@ class _Executor:
         self.started = time.monotonic()
         self.notes: list[str] = []
         self.busy: list[str] = []
+        self.failures: list[str] = []
         self.stopped = False
         self.lease: Lease | None = None
+        self.cleanup_run: CleanupRun | None = None
 
     # -- bookkeeping -------------------------------------------------------
     def _selected_rules(self, governance: Governance) -> list[Rule]:
@@ -217,7 +220,7 @@ class _Executor:
         )
 
     def run(self) -> CleanupRun:
-        run = self._create_run()
+        run = self.cleanup_run = self._create_run()
         scoped: list[tuple[Rule, ScopeResult]] = []
         unmatched = ScopeResult()
         groups = chords = 0
@@ -250,6 +253,9 @@ class _Executor:
         except Exception:
             error = traceback.format_exc()
             logger.exception("cleanup run %s failed", run.pk)
+        if self.failures:
+            # Scopes that failed without stopping the others (an archive location, Redis).
+            error = "\n".join([*self.failures, error]).strip()
         # Counts as far as the run got: a failed run still reports what it deleted.
         policies = [self._policy_report(rule, result) for rule, result in scoped]
         if error:
@@ -295,7 +301,7 @@ class _Executor:
             " (dry run)" if self.dry_run else "",
         )
         if error:
-            raise CleanupFailed(run)
+            raise CleanupFailed(run, " ".join(self.failures) or None)
         return run
 
     def _refresh_sqlite_statistics(self) -> None:
@@ -349,9 +355,23 @@ class _Executor:
         holds = RetentionHold.objects.active(self.now)
         hold_db = router.db_for_read(RetentionHold)
         if hold_db == self.db:
-            return Q(**{f"{column}__in": holds.using(self.db).values("task_id")})
-        # Holds on another database cannot be joined in SQL: read them when building the filter.
-        return Q(**{f"{column}__in": list(holds.using(hold_db).values_list("task_id", flat=True))})
+            held = Q(**{f"{column}__in": holds.using(self.db).values("task_id")})
+        else:
+            # Holds on another database cannot be joined in SQL: read them when building the filter.
+            held = Q(**{f"{column}__in": list(holds.using(hold_db).values_list("task_id", flat=True))})
+        if column != "task_id":
+            return held
+        # Results restored from an archive are protected for the batch's grace period.
+        restored = ArchivedResult.objects.filter(batch__grace_until__gt=self.now)
+        if router.db_for_read(ArchivedResult) == self.db:
+            return held | Q(task_id__in=restored.using(self.db).values("task_id"))
+        grace_db = router.db_for_read(ArchivedResult)
+        return held | Q(task_id__in=list(restored.using(grace_db).values_list("task_id", flat=True)))
+
+    def _fail(self, message: str) -> None:
+        """Record a scope's failure; the run goes on with its other scopes and ends failed."""
+        logger.error("cleanup: %s", message)
+        self.failures.append(message)
 
     def _check_time(self) -> None:
         if self.max_runtime is not None and time.monotonic() - self.started >= self.max_runtime:
@@ -364,15 +384,120 @@ class _Executor:
             return
         due = governance.governed_q(rule) & Q(date_done__lt=cutoff)
         if rule.archive:
-            count, size = self._measure(due & ~self._held())
-            result.matched, result.bytes = count, size
-            if count:
-                self.notes.append(
-                    f"{rule.name}: {count} due results wait for archive; archive policies "
-                    "delete nothing until archiving is available"
-                )
+            self._archive_due(rule, due & ~self._held(), result)
             return
         self._delete_due(TaskResult, due, result, label=rule.name)
+
+    def _archive_due(self, rule: Rule, due: Q, result: ScopeResult) -> None:
+        """Archive-then-delete (DESIGN.md): each batch is written durably before its rows go."""
+        if self.dry_run:
+            result.matched, result.bytes = self._measure(due)
+            return
+        try:
+            location = archive.configured_location()
+        except archive.ArchiveUnavailable as exc:
+            self._fail(f"{rule.name}: {exc} Its due results were kept.")
+            return
+        policy = RetentionPolicy.objects.filter(pk=rule.pk).first()
+        # Batches an earlier, interrupted run of this policy left unfinished.
+        self._finish_interrupted(rule, result)
+        total = None
+        if self.progress is not None and self.progress.wants_totals:
+            total = TaskResult.objects.using(self.db).filter(due).count()
+        if self.progress is not None:
+            self.progress.start(f"{rule.name} (archive)", total)
+        columns = [f.attname for f in archive.TASK_RESULT_FIELDS]
+        attnames = {name: i for i, name in enumerate(columns)}
+        rows = TaskResult.objects.using(self.db).order_by("date_done", "id")
+        after: tuple[datetime, Any] | None = None
+        try:
+            while True:
+                self._check_time()
+                writer = archive.ArchiveWriter(
+                    location, policy=policy, policy_name=rule.name, run=self.cleanup_run, holder=self.holder
+                )
+                try:
+                    size = 0
+                    while len(writer) < self.archive_records:
+                        want = min(self.batch_size, self.archive_records - len(writer))
+                        chunk = list(rows.filter(due & after_cursor(after)).values_list(*columns)[:want])
+                        for row in chunk:
+                            writer.add(archive.record_from_row(row, policy=rule.name))
+                            size += row_bytes_of_values(row, attnames)
+                        if chunk:
+                            last = chunk[-1]
+                            after = (last[attnames["date_done"]], last[attnames["id"]])
+                        if len(chunk) < want:
+                            break
+                    if not len(writer):
+                        writer.abort()
+                        return
+                    batch = writer.finish()
+                except BaseException:
+                    writer.abort()
+                    raise
+                result.matched += batch.records
+                result.bytes += size
+                deleted = self._delete_archived(batch)
+                result.archived += batch.records
+                result.deleted += deleted
+                if self.progress is not None:
+                    self.progress.advance(batch.records)
+                if batch.records < self.archive_records:
+                    return
+                if self.sleep_seconds:
+                    time.sleep(self.sleep_seconds)
+        except archive.ArchiveError as exc:
+            self._fail(f"{rule.name}: archiving failed, so its due results were kept: {exc}")
+        finally:
+            if self.progress is not None:
+                self.progress.finish()
+
+    def _delete_archived(self, batch: ArchiveBatch) -> int:
+        """Step 3 and 4: delete the rows a written batch holds, then mark it complete."""
+        assert self.lease is not None
+        # Still ours? A run that lost its lease must not delete on a batch's account
+        # while the run that took over may be archiving the same rows.
+        self.lease.renew(force=True)
+        deleted = 0
+        for count in archive.delete_archived_rows(batch, self._held(), self.db, self.batch_size):
+            deleted += count
+            self.lease.renew()
+        archive.complete_batch(batch, deleted)
+        return deleted
+
+    def _finish_interrupted(self, rule: Rule, result: ScopeResult) -> None:
+        """Settle the batches of ``rule`` that a crashed or stopped run left behind.
+
+        ``writing``: the object may be partial and no checksum was recorded, so the
+        batch is marked corrupt (none of its rows was deleted on its account).
+        ``written``: the object was stored; verify it again and finish deleting.
+        """
+        unfinished = ArchiveBatch.objects.using(self.records_db).filter(
+            policy_name=rule.name,
+            source=ArchiveBatch.Source.DATABASE,
+            status__in=[ArchiveBatch.Status.WRITING, ArchiveBatch.Status.WRITTEN],
+        ).order_by("id")
+        for batch in unfinished:
+            if batch.status == ArchiveBatch.Status.WRITING:
+                archive.mark_corrupt(
+                    batch,
+                    "interrupted while its object was being written; none of its rows was "
+                    "deleted on its account, they are archived again by a later batch",
+                )
+                self.notes.append(f"{rule.name}: archive batch {batch.pk} was interrupted while writing; marked corrupt")
+                continue
+            check = archive.check_object(batch)
+            if not check.ok:
+                archive.mark_corrupt(batch, check.problem)
+                self._fail(f"{rule.name}: archive batch {batch.pk} cannot be finished: {check.problem}")
+                continue
+            deleted = self._delete_archived(batch)
+            result.archived += batch.records
+            result.deleted += deleted
+            self.notes.append(
+                f"{rule.name}: finished archive batch {batch.pk} left by an interrupted run ({deleted} rows deleted)"
+            )
 
     def _clean_remainder(self, governance: Governance, result: ScopeResult) -> None:
         expires = self._remainder_expires()
@@ -535,6 +660,11 @@ class _Executor:
         if self.dry_run:
             self.notes.append(f"dry run: {would_delete} orphaned chord counters would be deleted")
         return deleted
+
+
+def row_bytes_of_values(row: tuple[Any, ...], index: dict[str, int]) -> int:
+    """The same estimate as ``row_bytes_expression``, from a fetched row's values."""
+    return ROW_OVERHEAD_BYTES + sum(text_bytes(row[index[column]]) for column in SIZE_COLUMNS)
 
 
 def _header_task_ids(results: list[Any]) -> Iterator[str]:

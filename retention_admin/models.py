@@ -289,3 +289,100 @@ class StorageSnapshot(models.Model):
     def __str__(self) -> str:
         return f"snapshot at {self.taken_at:%Y-%m-%d %H:%M}"
 
+
+
+class ArchiveBatch(models.Model):
+    """One archive object: gzip JSON Lines of results, written before they are deleted.
+
+    The life of a batch (see ``archive.py``): ``writing`` while the object is being
+    written; ``written`` once it is durably stored and its checksum and count are
+    recorded (only then may its rows be deleted); ``complete`` once its rows are
+    deleted; ``restored`` after ``restore_results`` put its records back;
+    ``corrupt`` when the object is missing, truncated or fails its checksum (its
+    rows were never deleted on its account).
+    """
+
+    class Status(models.TextChoices):
+        WRITING = "writing", _("writing")
+        WRITTEN = "written", _("written (deleting its rows)")
+        COMPLETE = "complete", _("complete")
+        RESTORED = "restored", _("restored")
+        CORRUPT = "corrupt", _("corrupt")
+
+    class Source(models.TextChoices):
+        DATABASE = "database", _("database")
+        REDIS = "redis", _("Redis")
+
+    policy = models.ForeignKey(
+        RetentionPolicy, verbose_name=_("policy"), null=True, blank=True,
+        on_delete=models.SET_NULL, related_name="archive_batches",
+    )
+    policy_name = models.CharField(
+        _("policy name"), max_length=100, blank=True,
+        help_text=_("Kept when the policy is renamed or deleted."),
+    )
+    run = models.ForeignKey(
+        CleanupRun, verbose_name=_("run"), null=True, blank=True,
+        on_delete=models.SET_NULL, related_name="archive_batches",
+    )
+    source = models.CharField(_("source"), max_length=20, choices=Source.choices, default=Source.DATABASE)
+    location = models.CharField(
+        _("location"), max_length=500, blank=True,
+        help_text=_("The storage: 'storage:retention_archive' or the local archive directory."),
+    )
+    name = models.CharField(_("object name"), max_length=500, blank=True)
+    status = models.CharField(_("status"), max_length=20, choices=Status.choices, default=Status.WRITING, db_index=True)
+    records = models.BigIntegerField(_("records"), default=0)
+    size = models.BigIntegerField(_("size (bytes)"), default=0)
+    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
+    first_done = models.DateTimeField(_("first date_done"), null=True, blank=True)
+    last_done = models.DateTimeField(_("last date_done"), null=True, blank=True)
+    deleted = models.BigIntegerField(
+        _("rows deleted"), default=0,
+        help_text=_("Rows deleted on account of this batch; fewer than its records when rows changed or were held."),
+    )
+    holder = models.CharField(_("process"), max_length=255, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    written_at = models.DateTimeField(_("written at"), null=True, blank=True)
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    verified_at = models.DateTimeField(_("verified at"), null=True, blank=True)
+    restored_at = models.DateTimeField(_("restored at"), null=True, blank=True)
+    grace_until = models.DateTimeField(
+        _("restored results protected until"), null=True, blank=True,
+        help_text=_("Results restored from this batch are not deleted again before this time."),
+    )
+    error = models.TextField(_("problem"), blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("archive batch")
+        verbose_name_plural = _("archive batches")
+        permissions = [
+            ("verify_archive", "Can verify archive batches"),
+            ("preview_archive", "Can preview archived records"),
+            ("download_archive", "Can download archive objects"),
+            ("restore_archive", "Can restore archived results"),
+        ]
+
+    def __str__(self) -> str:
+        return f"archive batch #{self.pk} ({self.policy_name}, {self.records} records, {self.status})"
+
+
+class ArchivedResult(models.Model):
+    """Where an archived task id went: the look-up that spares reading archives.
+
+    One small row per archived record (task id, its ``date_done``, the batch).
+    ``explain_result`` finds a deleted result's batch by the task id index, and
+    deletion after archiving matches rows on (task_id, date_done) from here.
+    """
+
+    batch = models.ForeignKey(ArchiveBatch, on_delete=models.CASCADE, related_name="results")
+    task_id = models.CharField(_("task id"), max_length=255, db_index=True)
+    date_done = models.DateTimeField(_("date done"), null=True)
+
+    class Meta:
+        verbose_name = _("archived result")
+        verbose_name_plural = _("archived results")
+
+    def __str__(self) -> str:
+        return f"{self.task_id} in batch {self.batch_id}"

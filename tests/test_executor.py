@@ -138,18 +138,6 @@ def test_days_overrides_every_selected_policy_and_the_remainder(make_result):
     assert ids_left() == {"ok-1d"}
 
 
-def test_archive_policies_delete_nothing_until_archiving_exists(make_result):
-    policy("audit", task_name_pattern="audit.*", keep_for=DAY, archive=True, priority=1)
-    make_result(task_id="a", task_name="audit.login", age=5 * DAY)
-
-    run_ = run()
-
-    assert ids_left() == {"a"}
-    audit = next(p for p in run_.report["policies"] if p["name"] == "audit")
-    assert audit["matched"] == 1 and audit["deleted"] == 0
-    assert any("wait for archive" in note for note in run_.notes)
-
-
 def test_size_matcher_uses_bytes_not_characters(make_result):
     policy("big", min_result_bytes=10, keep_for=timedelta(hours=1), priority=1)
     make_result(task_id="small", result='"éé"', age=2 * timedelta(hours=1))  # 6 bytes

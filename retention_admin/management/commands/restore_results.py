@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json as jsonlib
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ...archive import ArchiveError
+from ...restore import RestoreError, restore_batches
+
+
+class Command(BaseCommand):
+    help = (
+        "Put archived results back into TaskResult. Every batch is verified first; a "
+        "task id already present is skipped, never overwritten; each batch is restored "
+        "all-or-nothing. Restored results are protected from cleanup for a grace period."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID", help="Archive batch ids (see the admin).")
+        parser.add_argument("--task-id", action="append", dest="task_ids", metavar="ID", help="Restore only this task id (repeatable).")
+        parser.add_argument("--dry-run", action="store_true", help="Verify and report what would be restored; write nothing.")
+        parser.add_argument("--grace-days", type=float, metavar="DAYS", help="Protect restored results from cleanup this long (default: RESTORE_GRACE_DAYS; 0 for none).")
+        parser.add_argument("--database", metavar="ALIAS", help="Database alias to restore into (default: Django's router).")
+        parser.add_argument("--json", action="store_true", help="Print the report as one JSON object.")
+
+    def handle(self, *, batch_ids: list[int], task_ids: list[str] | None, dry_run: bool, grace_days: float | None,
+               database: str | None, json: bool, verbosity: int, **options: Any) -> None:
+        from django.db import connections
+
+        if database is not None and database not in connections.settings:
+            raise CommandError(f"Unknown database alias {database!r}; known aliases: {', '.join(sorted(connections.settings))}.")
+        try:
+            report = restore_batches(batch_ids, task_ids=task_ids, dry_run=dry_run, grace_days=grace_days, using=database)
+        except (RestoreError, ArchiveError) as exc:
+            raise CommandError(str(exc)) from exc
+        data = report.as_dict()
+        if json:
+            self.stdout.write(jsonlib.dumps(data))
+            return
+        if verbosity == 0:
+            return
+        verb = "would restore" if dry_run else "restored"
+        for batch in data["batches"]:
+            line = f"batch {batch['batch']}: {batch['records']} records, {verb} {batch['restored']}"
+            if batch["already_present"]:
+                line += f", skipped {batch['already_present']} already present"
+            if batch["duplicates"]:
+                line += f", {batch['duplicates']} archived twice"
+            if batch["not_in_batch"]:
+                line += f"; not in this batch: {', '.join(batch['not_in_batch'])}"
+            self.stdout.write(line)
+        if not dry_run and data["grace_until"]:
+            self.stdout.write(f"Restored results are protected from cleanup until {data['grace_until']}.")

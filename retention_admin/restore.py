@@ -1,0 +1,189 @@
+"""Putting archived results back into ``TaskResult``.
+
+Semantics (README, "Restore"): every requested batch is verified (checksum,
+size, record count) before anything is written, and a batch that fails is
+refused with nothing restored. Within a batch a task id archived twice is
+restored once, from its newest record. A task id already in ``TaskResult`` is
+skipped and reported, never overwritten. Each batch is restored in one
+transaction: all of it or none of it. Restored results are protected from
+cleanup for a grace period (``RESTORE_GRACE_DAYS``, or ``--grace-days``) so a
+restore is not undone by the next tier run; the operator can end it early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import connections, router, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django_celery_results.models import TaskResult
+
+from . import archive, conf
+from .models import ArchiveBatch
+
+INSERT_CHUNK = 1000
+# The primary key is not restored: it may have been reused since (MySQL and SQLite
+# can hand out a deleted row's id again). The task id is the result's identity.
+SKIPPED_COLUMNS = {"id"}
+
+
+class RestoreError(Exception):
+    """A restore refused before anything was written; the message says why."""
+
+
+@dataclass
+class BatchRestore:
+    batch: int
+    records: int = 0
+    restored: int = 0
+    already_present: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    not_in_batch: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "records": self.records,
+            "restored": self.restored,
+            "already_present": len(self.already_present),
+            "already_present_ids": self.already_present[:20],
+            "duplicates": self.duplicates,
+            "not_in_batch": self.not_in_batch,
+        }
+
+
+@dataclass
+class RestoreReport:
+    dry_run: bool
+    batches: list[BatchRestore]
+    grace_until: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "grace_until": self.grace_until,
+            "batches": [b.as_dict() for b in self.batches],
+            "totals": {
+                "records": sum(b.records for b in self.batches),
+                "restored": sum(b.restored for b in self.batches),
+                "already_present": sum(len(b.already_present) for b in self.batches),
+                "duplicates": sum(b.duplicates for b in self.batches),
+            },
+        }
+
+
+def load_batches(batch_ids: Iterable[int]) -> list[ArchiveBatch]:
+    ids = list(dict.fromkeys(batch_ids))
+    found = {b.pk: b for b in ArchiveBatch.objects.filter(pk__in=ids)}
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise RestoreError(f"No archive batch with id {', '.join(missing)}.")
+    batches = [found[i] for i in ids]
+    for batch in batches:
+        if batch.status == ArchiveBatch.Status.WRITING:
+            raise RestoreError(f"Archive batch {batch.pk} is still being written (or was interrupted); it holds nothing to restore.")
+        if batch.status == ArchiveBatch.Status.CORRUPT:
+            raise RestoreError(f"Archive batch {batch.pk} is marked corrupt: {batch.error or 'see the admin'}")
+    return batches
+
+
+def restore_batches(
+    batch_ids: Iterable[int],
+    *,
+    task_ids: Iterable[str] | None = None,
+    dry_run: bool = False,
+    grace_days: float | None = None,
+    using: str | None = None,
+) -> RestoreReport:
+    """Verify every batch, then restore each in its own transaction (see the module docstring)."""
+    if grace_days is not None and grace_days < 0:
+        raise RestoreError(f"--grace-days must be 0 or more, not {grace_days}.")
+    batches = load_batches(batch_ids)
+    for batch in batches:
+        check = archive.verify_batch(batch)
+        if not check.ok:
+            raise RestoreError(f"Archive batch {batch.pk} was not restored: {check.problem}. Nothing was written.")
+    wanted = set(task_ids) if task_ids is not None else None
+    db = using or router.db_for_write(TaskResult)
+    days = conf.get_config().restore_grace_days if grace_days is None else grace_days
+    grace_until = timezone.now() + timedelta(days=days) if days > 0 else None
+    # Newest batches first: a task id archived in several batches comes back from
+    # the newest; the older copies are then "already present".
+    order = sorted(batches, key=lambda b: (b.last_done is not None, b.last_done, b.pk), reverse=True)
+    restored: set[str] = set()
+    by_id = {b.pk: _restore_one(b, wanted, dry_run, db, grace_until, restored) for b in order}
+    return RestoreReport(dry_run, [by_id[b.pk] for b in batches], grace_until.isoformat() if grace_until else None)
+
+
+def _restore_one(
+    batch: ArchiveBatch, wanted: set[str] | None, dry_run: bool, db: str, grace_until: Any, restored: set[str]
+) -> BatchRestore:
+    report = BatchRestore(batch=batch.pk)
+    newest: dict[str, dict[str, Any]] = {}
+    for record in archive.read_records(batch):
+        task_id = record.get("task_id")
+        if not task_id or (wanted is not None and task_id not in wanted):
+            continue
+        report.records += 1
+        kept = newest.get(task_id)
+        if kept is not None:
+            report.duplicates += 1
+            if (_done(record) or "") <= (_done(kept) or ""):
+                continue
+        newest[task_id] = record
+    if wanted is not None:
+        report.not_in_batch = sorted(wanted - set(newest))
+    present = {task_id for task_id in newest if task_id in restored}
+    ids = [task_id for task_id in newest if task_id not in present]
+    for start in range(0, len(ids), INSERT_CHUNK):
+        present.update(
+            TaskResult.objects.using(db).filter(task_id__in=ids[start : start + INSERT_CHUNK]).values_list("task_id", flat=True)
+        )
+    report.already_present = sorted(present)
+    rows = [record for task_id, record in newest.items() if task_id not in present]
+    report.restored = len(rows)
+    restored.update(record["task_id"] for record in rows)
+    if dry_run:
+        return report
+    with transaction.atomic(using=db):
+        _insert(rows, db)
+        ArchiveBatch.objects.using(db).filter(pk=batch.pk).update(
+            status=ArchiveBatch.Status.RESTORED, restored_at=timezone.now(), grace_until=grace_until
+        )
+    return report
+
+
+def _done(record: dict[str, Any]) -> str | None:
+    value = record.get("date_done")
+    parsed = parse_datetime(value) if isinstance(value, str) else None
+    return parsed.isoformat() if parsed else None
+
+
+def _insert(records: list[dict[str, Any]], db: str) -> None:
+    """Insert records with every column as archived (raw SQL: ``auto_now`` would overwrite dates)."""
+    connection = connections[db]
+    fields = [f for f in archive.TASK_RESULT_FIELDS if f.attname not in SKIPPED_COLUMNS]
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f"INSERT INTO {qn(TaskResult._meta.db_table)} ({columns}) VALUES ({placeholders})"
+    with connection.cursor() as cursor:
+        for start in range(0, len(records), INSERT_CHUNK):
+            cursor.executemany(
+                sql, [_row(record, fields, connection) for record in records[start : start + INSERT_CHUNK]]
+            )
+
+
+def _row(record: dict[str, Any], fields: list[Any], connection: Any) -> list[Any]:
+    values = []
+    for f in fields:
+        value = record.get(f.attname)
+        if value is None and not f.null:
+            value = f.get_default()
+        value = f.to_python(value) if isinstance(value, str) and f.get_internal_type() == "DateTimeField" else value
+        values.append(f.get_db_prep_save(value, connection))
+    return values
