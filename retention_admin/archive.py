@@ -163,6 +163,10 @@ def configured_location() -> Location:
             f"{conf.SETTING_NAME}['ARCHIVE_DIR'] to a writable directory."
         )
     path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise ArchiveUnavailable(
+            f"The archive directory {str(path)!r} ({conf.SETTING_NAME}['ARCHIVE_DIR']) is a file, not a directory."
+        )
     if not path.is_dir():
         raise ArchiveUnavailable(
             f"The archive directory {str(path)!r} ({conf.SETTING_NAME}['ARCHIVE_DIR']) does not exist."
@@ -316,7 +320,16 @@ class ArchiveWriter:
                 )
         except Exception as exc:
             mark_corrupt(batch, f"writing the archive object failed: {exc}")
-            raise
+            try:
+                # A partial object is useless (no checksum was recorded for it).
+                self.location.delete(batch.name)
+            except Exception:  # noqa: BLE001 - the storage is failing already; the batch says so
+                pass
+            if isinstance(exc, ArchiveError):
+                raise
+            raise ArchiveError(
+                f"writing archive object {batch.name!r} to {self.location.label} failed: {exc}"
+            ) from exc
         finally:
             self._tmp.close()
         with transaction.atomic(using=self.db):

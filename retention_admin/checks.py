@@ -158,3 +158,37 @@ def check_plain_redis(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+@register(Tags.compatibility)
+def check_archive_location(**kwargs: Any) -> list[CheckMessage]:
+    """Archive policies with nowhere to archive would keep their results forever, silently."""
+    from .archive import ArchiveError, configured_location
+    from .models import RetentionPolicy
+
+    try:
+        names = list(RetentionPolicy.objects.filter(enabled=True, archive=True).values_list("name", flat=True))
+    except DatabaseError:
+        return []  # not migrated yet: nothing to archive
+    if not names:
+        return []
+    try:
+        configured_location()
+    except ArchiveError as exc:
+        return [
+            Error(
+                f"{exc} Enabled archive policies ({', '.join(sorted(names))}) cannot run: "
+                "their due results are kept and every run fails until this is fixed.",
+                hint="See 'Archives' in the README.",
+                id="retention_admin.E002",
+            )
+        ]
+    except Exception as exc:  # noqa: BLE001 - a storage that cannot even be built
+        return [
+            Error(
+                f"The 'retention_archive' storage cannot be used: {exc}",
+                hint="Check its BACKEND and OPTIONS in STORAGES.",
+                id="retention_admin.E002",
+            )
+        ]
+    return []

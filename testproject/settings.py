@@ -4,6 +4,7 @@
 the broker. Everything retention-related is configured exactly as the README says.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -85,7 +86,15 @@ CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1
 # The end-to-end test gives its worker and beat a queue of their own.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 
-RETENTION_ADMIN: dict = {}
+# Tests that start real processes pass settings through the environment.
+RETENTION_ADMIN: dict = json.loads(os.environ.get("RETENTION_ADMIN_JSON", "{}"))
+if os.environ.get("RETENTION_ARCHIVE_STORAGE"):
+    # A storage class for the "retention_archive" alias, e.g. the fault tests' failing disk.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        "retention_archive": json.loads(os.environ["RETENTION_ARCHIVE_STORAGE"]),
+    }
 
 LOGGING = {
     "version": 1,

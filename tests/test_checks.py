@@ -31,7 +31,7 @@ def test_checks_are_registered_and_the_test_project_is_clean(db):
     registered = {check.__name__ for check in checks.registry.registry.get_checks()}
     assert {
         "check_settings", "check_result_backend", "check_beat_scheduler", "check_result_extended",
-        "check_pickle", "check_plain_redis",
+        "check_pickle", "check_plain_redis", "check_archive_location",
     } <= registered
     assert ids(checks.run_checks()) == []
 
@@ -118,3 +118,35 @@ def test_malformed_setting_stops_a_run_with_a_clear_error(db):
     with override_settings(RETENTION_ADMIN={"BATCH_SIZE": "big"}):
         with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE'] must be None or a whole number"):
             call_command("cleanup_results")
+
+
+def _archive_policy() -> None:
+    from retention_admin.models import RetentionPolicy
+
+    RetentionPolicy.objects.filter(name="audit-30d").update(enabled=True, task_name_pattern="audit.*")
+
+
+def test_e002_archive_policy_without_a_location(db):
+    _archive_policy()
+    (message,) = our_checks.check_archive_location()
+    assert message.id == "retention_admin.E002"
+    assert "ARCHIVE_DIR" in message.msg and "audit-30d" in message.msg
+
+
+def test_e002_archive_directory_missing_or_unwritable(db, tmp_path):
+    _archive_policy()
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(tmp_path / "missing")}):
+        (message,) = our_checks.check_archive_location()
+        assert "does not exist" in message.msg
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(a_file)}):
+        (message,) = our_checks.check_archive_location()
+        assert "is a file, not a directory" in message.msg
+
+
+def test_e002_silent_with_a_usable_directory_or_no_archive_policy(db, tmp_path):
+    assert our_checks.check_archive_location() == []
+    _archive_policy()
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(tmp_path)}):
+        assert our_checks.check_archive_location() == []
