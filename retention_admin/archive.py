@@ -21,7 +21,9 @@ import gzip
 import hashlib
 import json
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
@@ -33,6 +35,7 @@ from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.db import connections, router, transaction
 from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
@@ -43,7 +46,7 @@ from .models import ArchiveBatch, ArchivedResult, CleanupRun, RetentionPolicy
 
 STORAGE_ALIAS = "retention_archive"
 STORAGE_PREFIX = "storage:"
-GZIP_LEVEL = 6  # measured in the benchmark: level 1 saves little time, costs ~30% size
+GZIP_LEVEL = 1  # measured: level 6 took 3.6x as long for objects only 6% smaller
 LOOKUP_CHUNK = 2000
 READ_CHUNK = 1 << 20
 
@@ -219,6 +222,47 @@ def record_date_done(record: dict[str, Any]) -> datetime | None:
     return parsed
 
 
+@dataclass(frozen=True)
+class DueRow:
+    """One row read for archiving: its JSON Lines record and what the protocol needs."""
+
+    pk: Any
+    task_id: str
+    date_done: datetime
+    bytes: int
+    line: bytes  # the record, one JSON object, without the newline
+
+
+def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any) -> list[DueRow]:
+    """The next ``limit`` due rows past the (date_done, id) cursor ``after``, as records.
+
+    On PostgreSQL the server writes each record (``row_to_json``: every column as
+    stored, dates in ISO 8601 UTC, since Django runs its connections in UTC):
+    building and encoding the records in Python was half the archive's time.
+    Elsewhere the records are built from the fetched values.
+    """
+    from .batches import after_cursor
+
+    rows = TaskResult.objects.using(using).filter(due & after_cursor(after)).order_by("date_done", "id")
+    tail = json.dumps({"source": ArchiveBatch.Source.DATABASE.value, "policy": policy}, ensure_ascii=False)
+    tail_bytes = ("," + tail[1:]).encode()
+    if connections[using].vendor == "postgresql":
+        table = connections[using].ops.quote_name(TaskResult._meta.db_table)
+        fetched = rows.values_list("id", "task_id", "date_done", size, RawSQL(f"row_to_json({table})::text", []))
+        return [
+            DueRow(pk, task_id, done, nbytes or 0, line[:-1].encode() + tail_bytes)
+            for pk, task_id, done, nbytes, line in fetched[:limit]
+        ]
+    columns = [f.attname for f in TASK_RESULT_FIELDS]
+    index = {name: i for i, name in enumerate(columns)}
+    result = []
+    for *values, nbytes in rows.values_list(*columns, size)[:limit]:
+        record = record_from_row(tuple(values), policy=policy)
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        result.append(DueRow(values[index["id"]], values[index["task_id"]], values[index["date_done"]], nbytes or 0, line))
+    return result
+
+
 class _HashingWriter:
     """Counts and hashes the compressed bytes on their way to the file."""
 
@@ -269,17 +313,52 @@ class ArchiveWriter:
         )
         self._hashing = _HashingWriter(self._tmp)
         self._gzip = gzip.GzipFile(fileobj=self._hashing, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)  # type: ignore[arg-type]
+        # Compression runs in a thread of its own (zlib and hashlib release the GIL),
+        # overlapping the database's work; the bounded queue keeps memory flat.
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._compressor = threading.Thread(target=self._compress, name="archive-gzip", daemon=True)
+        self._compressor.start()
+
+    def _compress(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._gzip.write(data)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = exc
+
+    def _put(self, data: bytes | None) -> None:
+        if self._error is not None:
+            raise ArchiveError(f"compressing the archive failed: {self._error}") from self._error
+        self._queue.put(data)
+
+    def _drain(self) -> None:
+        """Stop the compressor after it has written everything queued."""
+        if self._compressor.is_alive():
+            self._queue.put(None)
+            self._compressor.join()
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def add(self, record: dict[str, Any]) -> None:
-        done = record_date_done(record)
-        self._gzip.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
-        self.pairs.append((record["task_id"], done))
-        if done is not None:
-            self.first = done if self.first is None or done < self.first else self.first
-            self.last = done if self.last is None or done > self.last else self.last
+        """Add one record (a dict with at least ``task_id`` and ``date_done``)."""
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        self.add_lines([(record["task_id"], record_date_done(record), line)])
+
+    def add_lines(self, items: list[tuple[str, datetime | None, bytes]]) -> None:
+        """Add encoded records: (task_id, date_done, one JSON object without newline) each."""
+        if not items:
+            return
+        self._put(b"\n".join(line for _tid, _done, line in items) + b"\n")
+        for task_id, done, _line in items:
+            self.pairs.append((task_id, done))
+            if done is not None:
+                if self.first is None or done < self.first:
+                    self.first = done
+                if self.last is None or done > self.last:
+                    self.last = done
 
     def object_name(self, batch_id: int) -> str:
         when = self.first or timezone.now()
@@ -291,6 +370,10 @@ class ArchiveWriter:
 
     def finish(self) -> ArchiveBatch:
         """Store the object durably, then record it as ``written``: only then may its rows go."""
+        self._drain()
+        if self._error is not None:
+            self._tmp.close()
+            raise ArchiveError(f"compressing the archive failed: {self._error}") from self._error
         self._gzip.close()
         self._hashing.flush()
         size, sha = self._hashing.size, self._hashing.sha.hexdigest()
@@ -333,10 +416,7 @@ class ArchiveWriter:
         finally:
             self._tmp.close()
         with transaction.atomic(using=self.db):
-            ArchivedResult.objects.using(self.db).bulk_create(
-                (ArchivedResult(batch_id=batch.pk, task_id=tid, date_done=done) for tid, done in self.pairs),
-                batch_size=LOOKUP_CHUNK,
-            )
+            _insert_lookup(batch.pk, self.pairs, self.db)
             now = timezone.now()
             flipped = ArchiveBatch.objects.using(self.db).filter(
                 pk=batch.pk, status=ArchiveBatch.Status.WRITING
@@ -350,9 +430,30 @@ class ArchiveWriter:
 
     def abort(self) -> None:
         try:
+            self._drain()
             self._gzip.close()
         finally:
             self._tmp.close()
+
+
+def _insert_lookup(batch_id: int, pairs: list[tuple[str, datetime | None]], using: str) -> None:
+    """Insert the batch's (task_id, date_done) look-up rows."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        # COPY: the ORM's bulk_create spent more time building SQL than the whole
+        # rest of the batch took.
+        qn = connection.ops.quote_name
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            columns = f"{qn('batch_id')}, {qn('task_id')}, {qn('date_done')}"
+            with cursor.copy(f"COPY {qn(ArchivedResult._meta.db_table)} ({columns}) FROM STDIN") as copy:
+                for task_id, done in pairs:
+                    copy.write_row((batch_id, task_id, done))
+        return
+    ArchivedResult.objects.using(using).bulk_create(
+        (ArchivedResult(batch_id=batch_id, task_id=tid, date_done=done) for tid, done in pairs),
+        batch_size=LOOKUP_CHUNK,
+    )
 
 
 def mark_corrupt(batch: ArchiveBatch, problem: str) -> None:
