@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := DJANGO_SETTINGS_MODULE=testproject.demo_settings $(BIN)/python manage.py
 
-.PHONY: install test demo serve bench lint clean
+.PHONY: install test demo serve bench bench-archive fault-test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python scripts/run_tests.py $(ARGS)
 
 demo: $(STAMP)
-	rm -f var/demo.sqlite3
-	mkdir -p var
+	rm -rf var/demo.sqlite3 var/demo-archive
+	mkdir -p var/demo-archive
 	$(DEMO) migrate --noinput -v 0
 	$(DEMO) load_demo_history
 	$(DEMO) cleanup_results --dry-run --no-progress
@@ -36,6 +36,19 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# The archive fault tests with more trials than CI's 30 (real processes, PostgreSQL).
+FAULT_TRIALS ?= 200
+fault-test: $(STAMP)
+	FAULT_TRIALS=$(FAULT_TRIALS) TEST_DATABASES=postgresql $(BIN)/python scripts/run_tests.py tests/test_archive_faults.py
+
+bench-archive: $(STAMP)
+	$(BIN)/python benchmarks/archive.py $(ARGS)
+
+# Admin pages that touch TaskResult on 2M rows (PostgreSQL): time and queries per page.
+.PHONY: bench-admin
+bench-admin: $(STAMP)
+	$(BIN)/python benchmarks/admin_changelists.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -23,3 +23,6 @@ INSTALLED_APPS = [*INSTALLED_APPS, "testproject.demo"]
 # No broker, no worker: admin actions that start Celery tasks run them in-process.
 CELERY_BROKER_URL = "memory://"
 CELERY_TASK_ALWAYS_EAGER = True
+
+# Archive policies (audit-30d, compliance-90d) archive into this directory.
+RETENTION_ADMIN = {"ARCHIVE_DIR": str(BASE_DIR / "var" / "demo-archive")}
