@@ -411,3 +411,14 @@ def test_explain_finds_the_batch_of_a_deleted_result(make_result, archive_dir):
     out = io.StringIO()
     call_command("explain_result", "never-existed", stdout=out)
     assert "no archive batch holds it" in out.getvalue()
+
+
+def test_task_ids_with_odd_characters_archive_and_restore(make_result, archive_dir):
+    audit_policy()
+    odd = "we\\ird\tid\nwith ünïcode"
+    make_result(task_id=odd, task_name="audit.x", age=5 * DAY)
+    run()
+    assert ids_left() == set()
+    assert ArchivedResult.objects.get().task_id == odd
+    restore_batches([ArchiveBatch.objects.get().pk])
+    assert ids_left() == {odd}
