@@ -38,10 +38,16 @@ BATCH_RECORDS = 60
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("seeded_transactional_db")]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def postgresql_only():
     if connection.vendor != "postgresql":
         pytest.skip("the fault tests run on PostgreSQL (pg_terminate_backend, other processes)")
+
+
+@pytest.fixture
+def shared_database():
+    if connection.vendor == "sqlite":
+        pytest.skip("the SQLite test database is in memory; other processes cannot see it")
 
 
 class Trials:
@@ -75,7 +81,7 @@ class Trials:
         s = connection.settings_dict
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
+            "DATABASE_URL": f"{'postgres' if connection.vendor == 'postgresql' else 'mysql'}://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
             "DJANGO_SETTINGS_MODULE": "testproject.settings",
             "RETENTION_ADMIN_JSON": json.dumps({
                 "ARCHIVE_DIR": str(self.directory), "ARCHIVE_BATCH_RECORDS": BATCH_RECORDS, "LEASE_SECONDS": 1,
@@ -127,7 +133,7 @@ class Trials:
         assert self.kept <= present
 
 
-def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, postgresql_only):
     rng = random.Random(int(os.environ.get("FAULT_SEED", "20261121")))
     trials = Trials(tmp_path)
     trials.add(due=600, kept=50)
@@ -151,7 +157,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     trials.finish()
 
 
-def test_database_connection_killed_mid_run_loses_nothing(tmp_path):
+def test_database_connection_killed_mid_run_loses_nothing(tmp_path, postgresql_only):
     rng = random.Random(7)
     trials = Trials(tmp_path)
     trials.add(due=600, kept=50)
@@ -173,7 +179,7 @@ def test_database_connection_killed_mid_run_loses_nothing(tmp_path):
     trials.finish()
 
 
-def test_disk_filling_up_mid_write_loses_nothing(tmp_path):
+def test_disk_filling_up_mid_write_loses_nothing(tmp_path, postgresql_only):
     storage = {"BACKEND": "testproject.storages.DiskFullAfter", "OPTIONS": {"location": str(tmp_path), "budget": 3}}
     storages = {**settings.STORAGES, "retention_archive": storage}
     with override_settings(STORAGES=storages):
@@ -197,7 +203,7 @@ def _disk_full(trials: Trials, tmp_path: Path) -> None:
     trials.finish()
 
 
-def test_concurrent_archivers_lose_nothing_and_never_complete_a_record_twice(tmp_path):
+def test_concurrent_archivers_lose_nothing_and_never_complete_a_record_twice(tmp_path, shared_database):
     """Several processes archive one policy; the lease holder is frozen until it is taken over."""
     from retention_admin.models import CleanupLease
 
@@ -216,14 +222,20 @@ def test_concurrent_archivers_lose_nothing_and_never_complete_a_record_twice(tmp
     try:
         time.sleep(1.5)
         second = [trials.start("--sleep", "0.05") for _ in range(2)]
-        time.sleep(1.5)
+        # Frozen until another process has taken the lease over.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = CleanupLease.objects.filter(scope="policy:audit-30d").values_list("holder", flat=True).first()
+            if current != holder:  # taken over (or already released again)
+                break
+            time.sleep(0.1)
     finally:
         os.kill(pid, signal.SIGCONT)  # wakes up without its lease
     outputs = [p.communicate(timeout=180) for p in first + second]
     codes = [p.returncode for p in first + second]
 
     assert set(codes) <= {0, 1, 3}, outputs
-    assert 1 in codes, f"the frozen process never lost its lease (exit codes {codes}); the test tested little"
+    assert 1 in codes, f"the frozen process never lost its lease (exit codes {codes}); the test tested little: {outputs}"
     lost_lease = [err for (_out, err), code in zip(outputs, codes) if code == 1]
     assert all("taken over by another run" in err for err in lost_lease), lost_lease
     trials.check()
