@@ -280,6 +280,31 @@ class StorageSnapshot(models.Model):
     redis = models.JSONField(_("Redis"), null=True, blank=True)
     database = models.CharField(_("database alias"), max_length=100, blank=True)
 
+    class Kind(models.TextChoices):
+        MEASURED = "measured", _("measured")
+        BACKFILL = "backfill", _("reconstructed (estimate)")
+
+    kind = models.CharField(
+        _("kind"), max_length=20, choices=Kind.choices, default=Kind.MEASURED,
+        help_text=_("Reconstructed snapshots (snapshot_results --backfill) are estimates of the past."),
+    )
+    rows_estimated = models.BooleanField(_("row counts are estimates"), default=False)
+    bytes_by_status = models.JSONField(
+        _("bytes by status"), default=dict, blank=True,
+        help_text=_("Estimated bytes of the stored results, by status."),
+    )
+    task_profile = models.JSONField(
+        _("task names"), default=dict, blank=True,
+        help_text=_("{task_name: {rows, bytes, empty}} for every task name seen (empty: null or empty result)."),
+    )
+    details = models.JSONField(
+        _("details"), default=dict, blank=True,
+        help_text=_("How the figures were obtained (methods, sample size) and results stuck in PENDING/STARTED."),
+    )
+    alerts = models.JSONField(_("thresholds crossed"), default=list, blank=True)
+    health = models.JSONField(_("result backend health"), null=True, blank=True)
+    duration_s = models.FloatField(_("duration (s)"), null=True, blank=True)
+
     class Meta:
         ordering = ["-taken_at"]
         get_latest_by = "taken_at"
