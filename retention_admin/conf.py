@@ -48,6 +48,23 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "ARCHIVE_DIR": (None, lambda v: v is None or (isinstance(v, (str, PurePath)) and str(v) != ""), "None or a directory path"),
     "ARCHIVE_BATCH_RECORDS": (10000, _positive_int, "a whole number of at least 1"),
     "RESTORE_GRACE_DAYS": (7, lambda v: _non_negative_number(v), "a number of days, 0 or more"),
+    # Storage snapshots: above this many rows (by the database's statistics) a
+    # snapshot samples instead of reading every row (see snapshots.py).
+    "SNAPSHOT_EXACT_ROWS": (200_000, _positive_int, "a whole number of at least 1"),
+    "SNAPSHOT_SAMPLE_ROWS": (20_000, _positive_int, "a whole number of at least 1"),
+    # Thresholds (None: no alert): a snapshot over one warns (banner, log, signal).
+    "ALERT_ROWS": (None, lambda v: v is None or _positive_int(v), "None or a whole number of at least 1"),
+    "ALERT_BYTES": (None, lambda v: v is None or _positive_int(v), "None or a whole number of bytes, at least 1"),
+    "ALERT_GROWTH_PER_DAY": (None, lambda v: v is None or _positive_int(v), "None or a whole number of bytes per day, at least 1"),
+    "ALERT_REDIS_MEMORY": (None, lambda v: v is None or _positive_int(v), "None or a whole number of bytes, at least 1"),
+    # PENDING/STARTED results older than this are reported as stuck.
+    "STUCK_AFTER_SECONDS": (86_400, _positive_int, "a whole number of seconds, at least 1"),
+    # Saving a policy in the admin that makes more results due at once asks first; None never asks.
+    "CONFIRM_DUE_OVER": (10000, lambda v: v is None or (_non_negative_number(v) and isinstance(v, int)), "None or a whole number, 0 or more"),
+    # Redis: how often a worker re-reads the policies it gives results their TTL by,
+    # and the COUNT hint of each SCAN the enforcer sends (keys per round trip, roughly).
+    "REDIS_POLICY_REFRESH_SECONDS": (30, _non_negative_number, "a number of seconds, 0 or more"),
+    "REDIS_SCAN_COUNT": (1000, _positive_int, "a whole number of at least 1"),
 }
 
 
@@ -74,6 +91,16 @@ class Config:
     archive_dir: str | PurePath | None
     archive_batch_records: int
     restore_grace_days: float
+    snapshot_exact_rows: int
+    snapshot_sample_rows: int
+    alert_rows: int | None
+    alert_bytes: int | None
+    alert_growth_per_day: int | None
+    alert_redis_memory: int | None
+    stuck_after_seconds: int
+    confirm_due_over: int | None
+    redis_policy_refresh_seconds: float
+    redis_scan_count: int
 
 
 def setting_errors(value: Any) -> list[str]:
