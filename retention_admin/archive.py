@@ -297,6 +297,79 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
     return result
 
 
+class DueReader:
+    """The due rows of a scope, in (date_done, id) order, read in chunks of ``chunk`` rows.
+
+    With ``prefetch`` the next chunk is read by a thread on a connection of its own
+    while the caller archives and deletes the previous ones: building the records
+    is the database's heaviest work here, and it then overlaps ours. Used only
+    outside a transaction (a second connection would not see uncommitted rows) and
+    not on SQLite (one writer; readers wait for its commits anyway).
+    """
+
+    _END = object()
+
+    def __init__(self, due: Q, using: str, policy: str, size: Any, chunk: int, prefetch: bool = True):
+        self.due, self.using, self.policy, self.size, self.chunk = due, using, policy, size, chunk
+        connection = connections[using]
+        self.prefetch = prefetch and connection.vendor != "sqlite" and not connection.in_atomic_block
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self, after: Any) -> list[DueRow]:
+        return read_due(self.due, self.using, after, self.chunk, self.policy, self.size)
+
+    def chunks(self) -> Iterator[list[DueRow]]:
+        """Chunks until the due rows are used up (the last one may be short or empty)."""
+        if not self.prefetch:
+            after = None
+            while True:
+                rows = self._read(after)
+                yield rows
+                if len(rows) < self.chunk:
+                    return
+                after = (as_datetime(rows[-1].date_done), rows[-1].pk)
+        self._thread = threading.Thread(target=self._produce, name="archive-reader", daemon=True)
+        self._thread.start()
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is self._END:
+                return
+            yield item
+
+    def _produce(self) -> None:
+        try:
+            after = None
+            while not self._stop.is_set():
+                rows = self._read(after)
+                self._put(rows)
+                if len(rows) < self.chunk:
+                    break
+                after = (as_datetime(rows[-1].date_done), rows[-1].pk)
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(exc)
+        finally:
+            connections[self.using].close()  # this thread's own connection
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Stop reading ahead (the consumer stopped early or is done)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 class _HashingWriter:
     """Counts and hashes the compressed bytes on their way to the file."""
 
