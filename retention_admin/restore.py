@@ -146,7 +146,10 @@ def _restore_one(
     report.already_present = sorted(present)
     rows = [record for task_id, record in newest.items() if task_id not in present]
     report.restored = len(rows)
-    restored.update(record["task_id"] for record in rows)
+    if dry_run:
+        # A real restore finds what earlier batches restored in the table itself;
+        # only a dry run needs to remember it (and memory stays flat otherwise).
+        restored.update(record["task_id"] for record in rows)
     if dry_run:
         return report
     with transaction.atomic(using=db):
