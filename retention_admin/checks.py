@@ -192,3 +192,34 @@ def check_archive_location(**kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_stock_redis_backend(**kwargs: Any) -> list[CheckMessage]:
+    """Celery's own Redis backend gives every result result_expires, whatever its policy."""
+    from celery.app.backends import by_url
+    from celery.backends.redis import RedisBackend
+
+    from .backends import RetentionRedisBackend
+
+    backend = _app().conf.result_backend
+    try:
+        cls, _url = by_url(backend, _app().loader)
+    except Exception:  # noqa: BLE001 - a backend Celery cannot load is Celery's error to report
+        return []
+    if not (isinstance(cls, type) and issubclass(cls, RedisBackend)) or issubclass(cls, RetentionRedisBackend):
+        return []
+    if not _policies_exist():
+        return []
+    scheme = str(backend).partition("://")[0]
+    return [
+        Warning(
+            f"CELERY_RESULT_BACKEND is Celery's own {scheme}:// backend: every result gets "
+            "result_expires as its TTL when it is stored, so results that enabled retention "
+            "policies keep longer expire early, and keep-forever and archive policies cannot keep them.",
+            hint=f"Set CELERY_RESULT_BACKEND = \"retention_admin.backends.RetentionRedisBackend+{scheme}://...\" "
+            "(same URL). cleanup_results --backend redis fixes the TTLs of results already stored.",
+            id="retention_admin.W006",
+        )
+    ]
+

@@ -30,13 +30,18 @@ from . import archive, conf
 from .batches import after_cursor, delete_batch
 from .celery_config import result_expires
 from .leases import Lease, LeaseBusy, make_holder
-from .matching import ROW_OVERHEAD_BYTES, SIZE_COLUMNS, Governance, Rule, row_bytes_expression, text_bytes
+from .matching import Governance, Rule, row_bytes_expression
 from .models import ArchiveBatch, ArchivedResult, ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
 
 logger = logging.getLogger(__name__)
 
 REMAINDER_SCOPE = "remainder"
+REDIS_SCOPE = "redis"
+BACKENDS = ("database", "redis", "all")
 CHORD_CHUNK = 500
+# Rows read per query while archiving (~4 MB of records): reads hold no locks, so
+# they need not follow BATCH_SIZE (the deletes do); small enough to keep memory flat.
+ARCHIVE_READ_ROWS = 2500
 
 
 class CleanupError(ValueError):
@@ -96,6 +101,9 @@ class Options:
     parent: CleanupRun | None = None
     started_by: Any = None
     progress: Progress | None = None
+    # Which result stores: "database", "redis" (the Redis result backend), or "all"
+    # (the database plus Redis when Celery's result backend is Redis).
+    backend: str = "all"
 
 
 @dataclass
@@ -125,6 +133,16 @@ def validate(selection: Selection, options: Options) -> None:
     if options.database is not None and options.database not in connections.settings:
         known = ", ".join(sorted(connections.settings))
         raise CleanupError(f"Unknown database alias {options.database!r}; known aliases: {known}.")
+    if options.backend not in BACKENDS:
+        raise CleanupError(f"--backend must be one of {', '.join(BACKENDS)}, not {options.backend!r}.")
+    if options.backend == "redis":
+        from .redis_scan import redis_backend
+
+        if redis_backend() is None:
+            raise CleanupError(
+                "--backend redis: no Redis result backend is configured (CELERY_RESULT_BACKEND "
+                "is not a Redis URL nor retention_admin.backends.RetentionRedisBackend+redis://...)."
+            )
     known_tiers = set(RetentionTier.objects.values_list("slug", flat=True))
     for slug in selection.tiers:
         if slug not in known_tiers:
@@ -225,20 +243,22 @@ class _Executor:
         unmatched = ScopeResult()
         groups = chords = 0
         scopes = 0
+        redis_report: dict[str, Any] | None = None
         error = ""
         try:
             if not self.dry_run:
                 self._refresh_sqlite_statistics()
             governance = Governance.load()
             rules = self._selected_rules(governance)
-            for rule in rules:
+            # --backend redis: the database's results are not touched.
+            for rule in rules if self.options.backend != "redis" else []:
                 result = ScopeResult()
                 scoped.append((rule, result))
                 scopes += 1
                 self._in_lease(
                     f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result)
                 )
-            if self.selection.includes_remainder:
+            if self.selection.includes_remainder and self.options.backend != "redis":
                 scopes += 1
 
                 def remainder() -> None:
@@ -250,6 +270,9 @@ class _Executor:
                     groups = self._clean_groups()
 
                 self._in_lease(REMAINDER_SCOPE, remainder)
+            if self.options.backend != "database":
+                redis_report = self._clean_redis(governance, rules)
+                scopes += redis_report is not None
         except Exception:
             error = traceback.format_exc()
             logger.exception("cleanup run %s failed", run.pk)
@@ -273,6 +296,9 @@ class _Executor:
             "archived": sum(p["archived"] for p in policies),
             "bytes": sum(p["bytes"] for p in policies) + unmatched.bytes,
         }
+        if redis_report is not None:
+            for name in totals:
+                totals[name] += redis_report["totals"][name]
         run.report = {
             "run": run.pk,
             "dry_run": self.dry_run,
@@ -282,7 +308,7 @@ class _Executor:
             "unmatched": {"matched": unmatched.matched, "deleted": unmatched.deleted},
             "groups": {"deleted": groups},
             "chord_counters": {"deleted": chords},
-            "redis": None,
+            "redis": redis_report,
             "totals": totals,
         }
         run.status = status
@@ -300,9 +326,22 @@ class _Executor:
             run.pk, status, totals["matched"], totals["deleted"], duration,
             " (dry run)" if self.dry_run else "",
         )
+        if not self.dry_run:
+            self._snapshot_after(run)
         if error:
             raise CleanupFailed(run, " ".join(self.failures) or None)
         return run
+
+    def _snapshot_after(self, run: CleanupRun) -> None:
+        """A storage snapshot after every real run (the charts show what it freed); never fails the run."""
+        from .snapshots import take_snapshot
+
+        try:
+            # A savepoint: a failed snapshot query must not poison a caller's transaction.
+            with transaction.atomic(using=self.db):
+                take_snapshot(self.db)
+        except Exception:
+            logger.exception("storage snapshot after cleanup run %s failed (the run itself is recorded)", run.pk)
 
     def _refresh_sqlite_statistics(self) -> None:
         """Give SQLite's planner statistics for the result table (cheap: sampled).
@@ -362,11 +401,64 @@ class _Executor:
         if column != "task_id":
             return held
         # Results restored from an archive are protected for the batch's grace period.
-        restored = ArchivedResult.objects.filter(batch__grace_until__gt=self.now)
-        if router.db_for_read(ArchivedResult) == self.db:
-            return held | Q(task_id__in=restored.using(self.db).values("task_id"))
+        # The (few) batches in grace are looked up first: a subquery joining every
+        # look-up row to its batch made each statement scan the whole look-up table.
         grace_db = router.db_for_read(ArchivedResult)
-        return held | Q(task_id__in=list(restored.using(grace_db).values_list("task_id", flat=True)))
+        graced = list(
+            ArchiveBatch.objects.using(grace_db).filter(grace_until__gt=self.now).values_list("pk", flat=True)
+        )
+        if not graced:
+            return held
+        restored = ArchivedResult.objects.using(grace_db).filter(batch_id__in=graced)
+        if grace_db == self.db:
+            return held | Q(task_id__in=restored.values("task_id"))
+        return held | Q(task_id__in=list(restored.values_list("task_id", flat=True)))
+
+    def _clean_redis(self, governance: Governance, rules: list[Rule]) -> dict[str, Any] | None:
+        """The Redis part (redis_scan.Enforcer) under its own lease; None when Redis is not configured.
+
+        A Redis failure is recorded with ``_fail``: the database part has already
+        run, and the run ends failed with the message (server named, no password).
+        """
+        from . import redis_scan
+
+        backend = redis_scan.redis_backend()
+        if backend is None:
+            return None
+        deadline = self.started + self.max_runtime if self.max_runtime is not None else None
+
+        def renew() -> None:
+            assert self.lease is not None
+            self.lease.renew()
+
+        enforcer = redis_scan.Enforcer(
+            backend,
+            governance,
+            rules=rules,
+            remainder=self.selection.includes_remainder,
+            now=self.now,
+            days=self.days,
+            dry_run=self.dry_run,
+            run=self.cleanup_run,
+            holder=self.holder,
+            deadline=deadline,
+            tick=renew,
+            progress=self.progress,
+        )
+        error: str | None = None
+
+        def work() -> None:
+            nonlocal error
+            try:
+                enforcer.run()
+            except (redis_scan.RedisUnavailable, archive.ArchiveError) as exc:
+                error = str(exc)
+                self._fail(f"redis: {exc}")
+            self.notes.extend(enforcer.notes)
+            self.stopped = self.stopped or enforcer.stopped
+
+        self._in_lease(REDIS_SCOPE, work)
+        return enforcer.report(error)
 
     def _fail(self, message: str) -> None:
         """Record a scope's failure; the run goes on with its other scopes and ends failed."""
@@ -406,10 +498,9 @@ class _Executor:
             total = TaskResult.objects.using(self.db).filter(due).count()
         if self.progress is not None:
             self.progress.start(f"{rule.name} (archive)", total)
-        columns = [f.attname for f in archive.TASK_RESULT_FIELDS]
-        attnames = {name: i for i, name in enumerate(columns)}
-        rows = TaskResult.objects.using(self.db).order_by("date_done", "id")
-        after: tuple[datetime, Any] | None = None
+        reader = archive.DueReader(due, self.db, rule.name, row_bytes_expression(), ARCHIVE_READ_ROWS)
+        chunks = reader.chunks()
+        leftover: list[archive.DueRow] = []
         try:
             while True:
                 self._check_time()
@@ -417,18 +508,17 @@ class _Executor:
                     location, policy=policy, policy_name=rule.name, run=self.cleanup_run, holder=self.holder
                 )
                 try:
-                    size = 0
+                    nbytes = 0
+                    # Whole chunks go into the object; a chunk that would overflow it
+                    # is split and its rest starts the next one.
                     while len(writer) < self.archive_records:
-                        want = min(self.batch_size, self.archive_records - len(writer))
-                        chunk = list(rows.filter(due & after_cursor(after)).values_list(*columns)[:want])
-                        for row in chunk:
-                            writer.add(archive.record_from_row(row, policy=rule.name))
-                            size += row_bytes_of_values(row, attnames)
-                        if chunk:
-                            last = chunk[-1]
-                            after = (last[attnames["date_done"]], last[attnames["id"]])
-                        if len(chunk) < want:
+                        chunk = leftover or next(chunks, None)
+                        if not chunk:
                             break
+                        room = self.archive_records - len(writer)
+                        chunk, leftover = chunk[:room], chunk[room:]
+                        writer.add_lines([(r.task_id, r.date_done, r.line) for r in chunk], ordered=True)
+                        nbytes += sum(r.bytes for r in chunk)
                     if not len(writer):
                         writer.abort()
                         return
@@ -437,7 +527,7 @@ class _Executor:
                     writer.abort()
                     raise
                 result.matched += batch.records
-                result.bytes += size
+                result.bytes += nbytes
                 deleted = self._delete_archived(batch)
                 result.archived += batch.records
                 result.deleted += deleted
@@ -450,6 +540,7 @@ class _Executor:
         except archive.ArchiveError as exc:
             self._fail(f"{rule.name}: archiving failed, so its due results were kept: {exc}")
         finally:
+            reader.close()
             if self.progress is not None:
                 self.progress.finish()
 
@@ -660,11 +751,6 @@ class _Executor:
         if self.dry_run:
             self.notes.append(f"dry run: {would_delete} orphaned chord counters would be deleted")
         return deleted
-
-
-def row_bytes_of_values(row: tuple[Any, ...], index: dict[str, int]) -> int:
-    """The same estimate as ``row_bytes_expression``, from a fetched row's values."""
-    return ROW_OVERHEAD_BYTES + sum(text_bytes(row[index[column]]) for column in SIZE_COLUMNS)
 
 
 def _header_task_ids(results: list[Any]) -> Iterator[str]:

@@ -24,7 +24,10 @@ def format_report(report: dict[str, Any], notes: list[str] | None = None) -> str
     unmatched = report["unmatched"]
     totals = report["totals"]
     # The JSON keeps the documented shape (no bytes for the remainder): derive them.
+    redis = report.get("redis")
     unmatched_bytes = totals["bytes"] - sum(p["bytes"] for p in report["policies"])
+    if redis:
+        unmatched_bytes -= redis["totals"]["bytes"]
     rows.append(
         ("(unmatched: result_expires)", "-", str(unmatched["matched"]), str(unmatched["deleted"]),
          "-", human_bytes(unmatched_bytes))
@@ -50,6 +53,8 @@ def format_report(report: dict[str, Any], notes: list[str] | None = None) -> str
             f"Group results deleted: {report['groups']['deleted']}; "
             f"chord counters deleted: {report['chord_counters']['deleted']}"
         )
+    if redis:
+        out += format_redis(redis, dry)
     for note in notes or []:
         out.append(f"Note: {note}")
     kind = "Dry run" if dry else "Run"
@@ -58,3 +63,23 @@ def format_report(report: dict[str, Any], notes: list[str] | None = None) -> str
         + (" (nothing was changed)" if dry else "")
     )
     return "\n".join(out)
+
+
+def format_redis(redis: dict[str, Any], dry: bool) -> list[str]:
+    """The Redis part of a run (report["redis"]), one line per policy."""
+    out = [
+        f"Redis {redis['server']}: {redis['scanned']} keys scanned, {redis['unreadable']} unreadable, "
+        f"{redis['held']} held"
+    ]
+    scopes = [(p["name"], p) for p in redis["policies"]]
+    if redis.get("unmatched") is not None:
+        scopes.append(("(unmatched: result_expires)", redis["unmatched"]))
+    for name, c in scopes:
+        out.append(
+            f"  {name}: {'would go' if dry else 'matched'} {c['matched']}, deleted {c['deleted']}, "
+            f"archived {c['archived']}, {human_bytes(c['bytes'])}; wrong TTL {c['ttl_wrong']}, "
+            f"fixed {c['ttl_fixed']}"
+        )
+    if redis.get("error"):
+        out.append(f"  Redis failed: {redis['error']}")
+    return out

@@ -42,25 +42,45 @@ def run_tier(tier: str, dry_run: bool = False) -> dict[str, Any]:
         notes=[f"dispatched run_policy for {', '.join(names) or 'no enabled policy'}"],
         options={"tiers": [tier], "policies": names},
     )
+    from .redis_scan import redis_backend
+
+    redis_configured = redis_backend(app) is not None
     if names:
-        group(run_policy.s(name, dry_run=dry_run, parent=parent.pk) for name in names).apply_async()
-    return {"run": parent.pk, "status": parent.status, "policies": names}
+        # The workers share the database part; Redis is scanned once, below, not once per policy.
+        only_database = {"backend": "database"} if redis_configured else {}
+        group(
+            run_policy.s(name, dry_run=dry_run, parent=parent.pk, **only_database) for name in names
+        ).apply_async()
+    redis_run = None
+    if names and redis_configured:
+        redis_run = run_cleanup(
+            Selection(tiers=[tier]),
+            Options(dry_run=dry_run, trigger=CleanupRun.Trigger.TASK, parent=parent, backend="redis"),
+        )
+    return {
+        "run": parent.pk,
+        "status": parent.status,
+        "policies": names,
+        "redis": dict(redis_run.report) if redis_run else None,
+    }
 
 
 @shared_task(name="retention_admin.tasks.run_policy", ignore_result=False)
-def run_policy(policy: str, dry_run: bool = False, parent: int | None = None) -> dict[str, Any]:
-    """Apply one policy under its own lease."""
+def run_policy(
+    policy: str, dry_run: bool = False, parent: int | None = None, backend: str = "all"
+) -> dict[str, Any]:
+    """Apply one policy under its own lease (``backend``: "database", "redis" or "all")."""
     parent_run = CleanupRun.objects.filter(pk=parent).first() if parent else None
     run = run_cleanup(
         Selection(policies=[policy]),
-        Options(dry_run=dry_run, trigger=CleanupRun.Trigger.TASK, parent=parent_run),
+        Options(dry_run=dry_run, trigger=CleanupRun.Trigger.TASK, parent=parent_run, backend=backend),
     )
     return dict(run.report)
 
 
 @shared_task(name="retention_admin.tasks.take_snapshot", ignore_result=False)
 def take_snapshot() -> int:
-    """Record the size of the result store; returns the snapshot id."""
+    """Record the size of the result store and the result backend's health; returns the snapshot id."""
     from .snapshots import take_snapshot as take
 
-    return take().pk
+    return take(health=True).pk

@@ -6,7 +6,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from ...celery_config import get_app
 from ...executor import CleanupError, CleanupFailed, Options, Selection, run_cleanup
 from ...models import CleanupRun
 from ...report import format_report
@@ -34,11 +33,6 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def redis_configured() -> bool:
-    backend = get_app().conf.result_backend
-    return isinstance(backend, str) and "redis" in backend.split("://", 1)[0].lower()
 
 
 class Command(BaseCommand):
@@ -78,16 +72,7 @@ class Command(BaseCommand):
         verbosity: int,
         **options: Any,
     ) -> None:
-        if backend == "redis":
-            if not redis_configured():
-                raise CommandError(
-                    "--backend redis: no Redis result backend is configured "
-                    "(CELERY_RESULT_BACKEND does not use redis://)."
-                )
-            raise CommandError("--backend redis: Redis retention is not available in this version.")
-        notes = []
-        if backend == "all" and redis_configured():
-            notes.append("Redis results were not cleaned: Redis retention is not available in this version")
+        notes: list[str] = []
         show_progress = not no_progress and not json and verbosity > 0 and self.stderr.isatty()
         selection = Selection(policies=policy, tiers=tier)
         run_options = Options(
@@ -98,6 +83,7 @@ class Command(BaseCommand):
             max_runtime_seconds=max_runtime,
             database=database,
             trigger=CleanupRun.Trigger.COMMAND,
+            backend=backend,
             progress=TqdmProgress(self.stderr._out) if show_progress else None,
         )
         try:

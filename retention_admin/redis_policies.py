@@ -1,0 +1,163 @@
+"""Which expiry a Redis result gets: the policy table, cached per process, and the verdict.
+
+The Redis backend asks this module for a TTL every time it stores a result, so
+the table is read from the database at most once per
+``REDIS_POLICY_REFRESH_SECONDS`` (and never per result); the SCAN enforcer uses
+the same ``verdict`` so that what the writer sets and what the enforcer checks
+cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from . import conf
+from .matching import Governance, Rule
+
+logger = logging.getLogger(__name__)
+
+MEMO_SIZE = 10_000  # distinct (task name, status) pairs remembered per table
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """The enabled policies in precedence order, and the task ids under an active hold."""
+
+    governance: Governance
+    held: frozenset[str]
+    loaded_at: float  # time.monotonic()
+    # (task name, status) -> governing rule, when no rule looks at result sizes.
+    memo: dict[tuple[str | None, str], Rule | None] = field(default_factory=dict, compare=False, repr=False)
+    sized: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "sized", any(rule.min_result_bytes is not None for rule in self.governance.rules)
+        )
+
+    @classmethod
+    def load(cls) -> PolicyTable:
+        from django.utils import timezone
+
+        from .models import RetentionHold
+
+        held = frozenset(RetentionHold.objects.active(timezone.now()).values_list("task_id", flat=True))
+        return cls(Governance.load(), held, time.monotonic())
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What governs one result and how long it may live.
+
+    ``keep_for`` None means no expiry (a keep-forever or archive policy, a hold,
+    or a remainder while ``result_expires`` is None).
+    """
+
+    rule: Rule | None  # None: no enabled policy governs it (the remainder)
+    keep_for: timedelta | None
+    held: bool = False
+
+    @property
+    def archive(self) -> bool:
+        return self.rule is not None and self.rule.archive
+
+
+def governing(
+    rules: Iterable[Rule], *, task_name: str | None, status: str, result_text: Callable[[], str | None]
+) -> Rule | None:
+    """Like ``Governance.governing``, but the result's text is built only if a size matcher needs it."""
+    text: list[str | None] = []
+    for rule in rules:
+        if rule.min_result_bytes is None:
+            if rule.matches(task_name=task_name, status=status, result=None):
+                return rule
+            continue
+        if not text:
+            text.append(result_text())
+        if rule.matches(task_name=task_name, status=status, result=text[0]):
+            return rule
+    return None
+
+
+def verdict(
+    table: PolicyTable,
+    *,
+    task_id: str,
+    task_name: str | None,
+    status: str,
+    result_text: Callable[[], str | None],
+    remainder: timedelta | None,
+) -> Verdict:
+    """The policy governing a result and its lifetime; ``remainder`` is result_expires for the rest."""
+    if table.sized:
+        rule = governing(table.governance.rules, task_name=task_name, status=status, result_text=result_text)
+    else:
+        memo_key = (task_name, status)
+        try:
+            rule = table.memo[memo_key]
+        except KeyError:
+            rule = governing(table.governance.rules, task_name=task_name, status=status, result_text=result_text)
+            if len(table.memo) >= MEMO_SIZE:
+                table.memo.clear()
+            table.memo[memo_key] = rule
+    held = task_id in table.held
+    if held:
+        return Verdict(rule, None, held=True)
+    if rule is None:
+        return Verdict(None, remainder)
+    # Archive policies get no TTL: their tier run archives, then deletes.
+    return Verdict(rule, None if rule.archive else rule.keep_for)
+
+
+class PolicyCache:
+    """The policy table for one process, refreshed at most every REDIS_POLICY_REFRESH_SECONDS.
+
+    Thread-safe: one thread refreshes while the others keep using the table they
+    have. When the database cannot be read the last table stays in use (and the
+    next attempt waits a refresh period, so a database outage does not add a query
+    to every result); before any table was loaded ``table()`` returns None and the
+    backend stores results without a TTL, which loses nothing: the enforcer gives
+    them their policy's expiry later.
+    """
+
+    def __init__(self) -> None:
+        self._table: PolicyTable | None = None
+        self._failed_at: float | None = None
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        self._table = None
+        self._failed_at = None
+
+    def table(self) -> PolicyTable | None:
+        table = self._table
+        refresh = conf.get_config().redis_policy_refresh_seconds
+        now = time.monotonic()
+        last = max(table.loaded_at if table else -1e18, self._failed_at if self._failed_at is not None else -1e18)
+        if now - last < refresh:
+            return table
+        # Only the first load waits for the lock; later, whoever refreshes does it
+        # while the others keep the table they have.
+        if not self._lock.acquire(blocking=table is None):
+            return table
+        try:
+            if self._table is not table and self._table is not None:
+                return self._table  # refreshed by another thread while we waited
+            try:
+                self._table = PolicyTable.load()
+                self._failed_at = None
+            except Exception as exc:  # noqa: BLE001 - any failure: keep storing results
+                self._failed_at = time.monotonic()
+                logger.warning(
+                    "retention_admin: could not read retention policies (%s); %s",
+                    exc,
+                    "keeping the policies read before" if table else "storing results without a TTL until they can be read",
+                )
+            return self._table
+        finally:
+            self._lock.release()

@@ -1,0 +1,686 @@
+"""Redis: the SCAN enforcer that brings result keys in line with their policies, and Redis figures.
+
+The enforcer walks ``celery-task-meta-*`` (with ``global_keyprefix``) by ``SCAN``,
+never ``KEYS``, reading each batch's values and TTLs in one pipeline. For every
+key in the run's scope it applies the verdict of ``redis_policies`` (the same one
+the backend uses when it writes): a due key is deleted (archive policies: written
+to an archive batch first), a key without a TTL or with one that ends elsewhere
+than its policy says gets the right expiry, and keep-forever, archive and held
+keys lose a TTL they should not have. Every change is made by a small Lua script
+only if the key still holds the value that was judged (its SHA-1), so a result
+stored again meanwhile is left to the next run. Each command touches a bounded
+number of keys, so Redis never blocks for long.
+
+``redis_figures`` gives snapshots and the dashboard memory and key counts, within
+a hard time limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone as dt_timezone
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+
+from . import archive, conf
+from .celery_config import get_app
+from .matching import Governance, Rule
+from .models import ArchiveBatch, CleanupRun, RetentionHold, RetentionPolicy
+from .redis_policies import PolicyTable, verdict
+
+# Seconds per command when Celery's redis_socket_timeout is not set: a stalled
+# server fails the Redis part of a run instead of hanging it.
+DEFAULT_SOCKET_TIMEOUT = 30.0
+# An expiry within this of the policy's is left alone (the writer's SETEX and the
+# result's date_done are a few milliseconds apart).
+TOLERANCE_MS = 5000
+# Keys and bytes per Lua call: each call hashes the values it checks, so both
+# are bounded to keep every call far below SLOWLOG's default 10 ms.
+MUTATE_KEYS = 100
+MUTATE_BYTES = 256 << 10
+# Keys per read call (values and TTLs of a SCAN batch, in one round trip).
+READ_KEYS = 250
+# Archive records handed to the archive writer at a time.
+ARCHIVE_LINES = 500
+# redis_figures: keys inspected before the counts are extrapolated from the sample.
+FIGURES_KEY_BUDGET = 100_000
+
+# Values and TTLs of a batch of keys in one command: packing and parsing one
+# command is far cheaper in redis-py than a pipeline of two commands per key.
+# A key of another type reads as missing (pcall) instead of failing the batch.
+READ_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then value = false end
+  out[2 * i - 1] = value
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+"""
+
+MUTATE_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
+  local done = 0
+  if type(value) == 'string' and redis.sha1hex(value) == ARGV[2 * i - 1] then
+    local op = ARGV[2 * i]
+    if op == 'D' then
+      done = redis.call('UNLINK', key)
+    elseif op == 'P' then
+      redis.call('PERSIST', key)
+      done = 1
+    else
+      done = redis.call('PEXPIREAT', key, op)
+    end
+  end
+  out[i] = done
+end
+return out
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be used; the message names the server, never the password."""
+
+
+# -- the configured backend and how to reach it ---------------------------------
+
+
+def redis_backend(app: Any = None) -> RedisBackend | None:
+    """The Celery result backend when it is Redis (ours or Celery's own), else None."""
+    from celery.app.backends import by_url
+
+    app = app or get_app()
+    try:
+        # Resolve the class first: building a backend of another kind here could have side effects.
+        cls, _url = by_url(app.conf.result_backend, app.loader)
+        if not (isinstance(cls, type) and issubclass(cls, RedisBackend)):
+            return None
+        backend = app.backend
+    except Exception:  # noqa: BLE001 - a backend that cannot be built is not ours to clean
+        return None
+    return backend if isinstance(backend, RedisBackend) else None
+
+
+def server_label(backend: RedisBackend) -> str:
+    """Where the backend's Redis is, for messages: scheme, host, port and database, no credentials."""
+    params = backend.connparams
+    if params.get("path"):
+        return f"redis+socket://{params['path']}?db={params.get('db', 0)}"
+    connection_class = params.get("connection_class")
+    scheme = "rediss" if connection_class is not None and "SSL" in connection_class.__name__ else "redis"
+    return f"{scheme}://{params.get('host', 'localhost')}:{params.get('port', 6379)}/{params.get('db', 0)}"
+
+
+def connect(backend: RedisBackend, timeout: float | None = None) -> Any:
+    """A client of the backend's server (same URL, TLS and credentials) with bounded waits."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    app_conf = backend.app.conf
+    timeout = timeout or float(app_conf.redis_socket_timeout or DEFAULT_SOCKET_TIMEOUT)
+    params = dict(backend.connparams)
+    params.update(
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, float(app_conf.redis_socket_connect_timeout or timeout)),
+        retry_on_timeout=False,
+        # Fail at once: the next run tries again, and a page or run must not wait.
+        retry=Retry(NoBackoff(), 0),
+        max_connections=None,
+    )
+    return backend._create_client(**params)
+
+
+def describe_error(backend: RedisBackend, exc: BaseException) -> str:
+    from redis import exceptions as rx
+
+    label = server_label(backend)
+    text = str(exc) or type(exc).__name__
+    password = backend.connparams.get("password")
+    if password:
+        text = text.replace(str(password), "***")
+    upper = text.upper()
+    if isinstance(exc, rx.AuthenticationError) or any(word in upper for word in ("NOAUTH", "WRONGPASS", "AUTH <PASSWORD>")):
+        return (
+            f"Redis at {label} refused authentication ({text}); check the user and password "
+            "in CELERY_RESULT_BACKEND."
+        )
+    if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, OSError)):
+        return f"Redis at {label} is not reachable: {text}"
+    return f"Redis at {label} failed: {text}"
+
+
+def scan_pattern(prefix: bytes) -> bytes:
+    """``SCAN MATCH`` pattern for keys starting with ``prefix`` (glob characters escaped)."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*"
+
+
+def parse_date(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt_timezone.utc)
+
+
+def remainder_expires(backend: RedisBackend, status: str) -> timedelta | None:
+    """Celery's own lifetime for a result no policy governs (None: kept)."""
+    seconds = backend.expires
+    if status == states.FAILURE:
+        seconds = getattr(backend, "failure_expires", seconds)
+    return timedelta(seconds=seconds) if seconds else None
+
+
+def record_from_meta(backend: RedisBackend, meta: dict[str, Any], *, policy: str) -> dict[str, Any]:
+    """A Redis result as an archive record with the TaskResult columns, so it restores as one."""
+    content_type, content_encoding, result = backend._encode(meta.get("result"))
+    if isinstance(result, bytes):
+        result = result.decode("utf-8", errors="replace")
+    done = parse_date(meta.get("date_done"))
+    extra = {k: meta[k] for k in ("children", "group_id", "parent_id") if meta.get(k) is not None}
+    as_json = lambda value: None if value is None else json.dumps(value, default=str)  # noqa: E731
+    done_text = done.astimezone(dt_timezone.utc).isoformat() if done else None
+    return {
+        "id": None,
+        "task_id": meta.get("task_id"),
+        "periodic_task_name": None,
+        "task_name": meta.get("name"),
+        "task_args": as_json(meta.get("args")),
+        "task_kwargs": as_json(meta.get("kwargs")),
+        "status": meta.get("status"),
+        "worker": meta.get("worker"),
+        "content_type": content_type,
+        "content_encoding": content_encoding,
+        "result": result,
+        # Redis keeps no creation date: the completion date stands in.
+        "date_created": done_text,
+        "date_started": None,
+        "date_done": done_text,
+        "traceback": meta.get("traceback"),
+        "meta": json.dumps(extra),
+        "source": ArchiveBatch.Source.REDIS,
+        "policy": policy,
+    }
+
+
+# -- the enforcer ----------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    matched: int = 0  # due keys selected (dry run: would go)
+    deleted: int = 0
+    archived: int = 0
+    bytes: int = 0
+    ttl_wrong: int = 0  # keys found with a missing or wrong TTL (dry run: would be fixed)
+    ttl_fixed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _ArchiveState:
+    rule: Rule
+    writer: archive.ArchiveWriter
+    pending: dict[bytes, str] = field(default_factory=dict)  # key -> SHA-1 of the archived value
+    # Encoded records not yet handed to the writer: it takes them in chunks
+    # (each hand-off wakes its compressor thread).
+    lines: list[tuple[str, str | None, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class _Change:
+    key: bytes
+    sha: str
+    op: str  # D delete, P persist, E expire at ``at`` (ms since the epoch)
+    at: int
+    counts: Counts
+    size: int
+
+
+class Enforcer:
+    """One pass over the result keys for the selected policies (and the remainder)."""
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        governance: Governance,
+        *,
+        rules: list[Rule],
+        remainder: bool,
+        now: datetime,
+        days: int | None = None,
+        dry_run: bool = False,
+        run: CleanupRun | None = None,
+        holder: str = "",
+        deadline: float | None = None,
+        tick: Callable[[], None] = lambda: None,
+        progress: Any = None,
+    ):
+        self.backend = backend
+        self.rules = rules
+        self.selected = {rule.name for rule in rules}
+        self.remainder = remainder
+        self.now = now
+        # When the batch being judged was read: a TTL counts down from then, not
+        # from the start of a run that may have been scanning for minutes.
+        self.read_ms = int(now.timestamp() * 1000)
+        self.days = timedelta(days=days) if days is not None else None
+        self.dry_run = dry_run
+        self.run_record = run
+        self.holder = holder
+        self.deadline = deadline
+        self.tick = tick
+        self.progress = progress
+        held = frozenset(RetentionHold.objects.active(now).values_list("task_id", flat=True))
+        self.table = PolicyTable(governance, held, time.monotonic())
+        self.prefix: bytes = backend.task_keyprefix
+        self.counts: dict[str, Counts] = {rule.name: Counts() for rule in rules}
+        self.unmatched = Counts()
+        self.scanned = self.unreadable = self.held = 0
+        self.stopped = False
+        self.notes: list[str] = []
+        self.archives: dict[str, _ArchiveState] = {}
+        self.changes: list[_Change] = []
+        self.change_bytes = 0
+        self.client: Any = None
+        self.script: Any = None
+        self.location: archive.Location | None = None
+        self.scan_count = conf.get_config().redis_scan_count
+        self.reader: Any = None
+        self.expires = remainder_expires(backend, states.SUCCESS)
+        self.failure_expires = remainder_expires(backend, states.FAILURE)
+        # JSON results, not compressed: parsed without kombu (see _decode).
+        self.plain_json = backend.content_type == "application/json" and not getattr(backend, "compression", None)
+
+    # -- reporting ---------------------------------------------------------------
+    def report(self, error: str | None = None) -> dict[str, Any]:
+        policies = [
+            {"name": rule.name, "tier": rule.tier, **self.counts[rule.name].as_dict()} for rule in self.rules
+        ]
+        everything = [*(self.counts[rule.name] for rule in self.rules), self.unmatched]
+        return {
+            "server": server_label(self.backend),
+            "scanned": self.scanned,
+            "unreadable": self.unreadable,
+            "held": self.held,
+            "policies": policies,
+            "unmatched": self.unmatched.as_dict() if self.remainder else None,
+            "totals": {
+                name: sum(getattr(c, name) for c in everything) for name in Counts().as_dict()
+            },
+            "stopped": self.stopped,
+            "error": error,
+        }
+
+    # -- the pass ------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Walk the keys once; raise RedisUnavailable (counts so far in ``report()``)."""
+        from redis.exceptions import RedisError
+
+        try:
+            self.client = connect(self.backend)
+            self.script = self.client.register_script(MUTATE_LUA)
+            self.reader = self.client.register_script(READ_LUA)
+            if not self.dry_run:
+                self._settle_interrupted()
+            self._scan()
+            self._flush_changes()
+            for state in list(self.archives.values()):
+                self._finish_archive(state)
+        except RedisError as exc:
+            self._abort_archives()
+            raise RedisUnavailable(describe_error(self.backend, exc)) from exc
+        except BaseException:
+            self._abort_archives()
+            raise
+        return self.report()
+
+    def _scan(self) -> None:
+        pattern = scan_pattern(self.prefix)
+        if self.progress is not None:
+            total = self.client.dbsize() if self.progress.wants_totals else None
+            self.progress.start(f"redis {server_label(self.backend)}", total)
+        try:
+            cursor = 0
+            while True:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.stopped = True
+                    self.notes.append("redis: stopped at max runtime; the next run scans again")
+                    return
+                self.tick()
+                cursor, keys = self.client.scan(cursor, match=pattern, count=self.scan_count)
+                if keys:
+                    self._judge_batch(keys)
+                    if self.progress is not None:
+                        self.progress.advance(len(keys))
+                if cursor == 0:
+                    return
+        finally:
+            if self.progress is not None:
+                self.progress.finish()
+
+    def _judge_batch(self, keys: list[bytes]) -> None:
+        for start in range(0, len(keys), READ_KEYS):
+            chunk = keys[start : start + READ_KEYS]
+            self.read_ms = int(time.time() * 1000)
+            replies = self.reader(keys=chunk, client=self.client)
+            self.scanned += len(chunk)
+            for index, key in enumerate(chunk):
+                value, pttl = replies[2 * index], replies[2 * index + 1]
+                if value is None or pttl == -2:
+                    continue  # expired or deleted since SCAN saw it
+                self._judge(key, value, pttl)
+
+    def _decode(self, value: bytes) -> dict[str, Any] | None:
+        try:
+            if self.plain_json and value[:1] == b"{":
+                # The C parser: kombu's loads adds a Python hook per object, which
+                # dominated the scan's time. Its extra types (dates, UUIDs) stay
+                # marked dicts, which is all judging and archiving need.
+                meta = json.loads(value)
+            else:
+                meta = self.backend.decode(value)
+        except Exception:  # noqa: BLE001 - unreadable (other serializer, corrupt): leave it
+            return None
+        return meta if isinstance(meta, dict) and "status" in meta else None
+
+    def _judge(self, key: bytes, value: bytes, pttl: int) -> None:
+        meta = self._decode(value)
+        if meta is None:
+            self.unreadable += 1
+            return
+        status = str(meta.get("status"))
+        task_id = str(meta.get("task_id") or key[len(self.prefix) :].decode(errors="replace"))
+        found = verdict(
+            self.table,
+            task_id=task_id,
+            task_name=meta.get("name"),
+            status=status,
+            result_text=lambda: record_text(self.backend, meta.get("result")),
+            remainder=self.failure_expires if status == states.FAILURE else self.expires,
+        )
+        rule = found.rule
+        if rule is None:
+            if not self.remainder:
+                return
+            counts = self.unmatched
+        elif rule.name in self.selected:
+            counts = self.counts[rule.name]
+        else:
+            return  # governed by a policy outside this run
+        if found.held:
+            self.held += 1
+            if pttl >= 0:
+                self._change(key, value, "P", 0, counts, ttl=True)
+            return
+        done = parse_date(meta.get("date_done"))
+        # How long it is kept in this run (--days overrides every lifetime but keep-forever).
+        if rule is not None:
+            due_keep = None if rule.keep_for is None else (self.days or rule.keep_for)
+        else:
+            due_keep = self.days or found.keep_for
+        if done is not None and due_keep is not None and done + due_keep <= self.now:
+            counts.matched += 1
+            counts.bytes += len(value)
+            if rule is not None and rule.archive:
+                self._archive(rule, key, value, meta)
+            else:
+                self._change(key, value, "D", 0, counts)
+            return
+        # Not due: its TTL should end when its policy says (never with --days).
+        if found.keep_for is None:
+            if rule is not None and pttl >= 0:
+                self._change(key, value, "P", 0, counts, ttl=True)  # keep-forever or archive policy
+            return
+        if done is None and pttl >= 0:
+            return  # no completion date (not finished): a TTL it has stands
+        expire_at = int(((done or self.now) + found.keep_for).timestamp() * 1000)
+        if pttl == -1 or abs(self.read_ms + pttl - expire_at) > TOLERANCE_MS:
+            self._change(key, value, "E", expire_at, counts, ttl=True)
+
+    def _change(self, key: bytes, value: bytes, op: str, at: int, counts: Counts, ttl: bool = False) -> None:
+        if ttl:
+            counts.ttl_wrong += 1
+        if self.dry_run:
+            return
+        self.changes.append(_Change(key, hashlib.sha1(value).hexdigest(), op, at, counts, len(value)))
+        self.change_bytes += len(value)
+        if len(self.changes) >= MUTATE_KEYS or self.change_bytes >= MUTATE_BYTES:
+            self._flush_changes()
+
+    def _flush_changes(self) -> None:
+        changes, self.changes, self.change_bytes = self.changes, [], 0
+        if not changes:
+            return
+        done = self._mutate([(c.key, c.sha, c.op, c.at) for c in changes])
+        for change, ok in zip(changes, done):
+            if not ok:
+                continue  # stored again since it was read: the next run judges it
+            if change.op == "D":
+                change.counts.deleted += 1
+            else:
+                change.counts.ttl_fixed += 1
+
+    def _mutate(self, items: list[tuple[bytes, str, str, int]]) -> list[int]:
+        keys = [key for key, _sha, _op, _at in items]
+        args: list[Any] = []
+        for _key, sha, op, at in items:
+            # One argument per action: "D", "P", or the expiry time for PEXPIREAT.
+            args += [sha, at if op == "E" else op]
+        return [int(flag) for flag in self.script(keys=keys, args=args, client=self.client)]
+
+    # -- archives --------------------------------------------------------------------
+    def _archive(self, rule: Rule, key: bytes, value: bytes, meta: dict[str, Any]) -> None:
+        if self.dry_run:
+            return
+        state = self.archives.get(rule.name)
+        if state is None:
+            if self.location is None:
+                self.location = archive.configured_location()
+            policy = RetentionPolicy.objects.filter(pk=rule.pk).first()
+            writer = archive.ArchiveWriter(
+                self.location,
+                policy=policy,
+                policy_name=rule.name,
+                run=self.run_record,
+                source=ArchiveBatch.Source.REDIS,
+                holder=self.holder,
+            )
+            state = self.archives[rule.name] = _ArchiveState(rule, writer)
+        if key in state.pending:
+            return  # SCAN may return a key twice
+        record = record_from_meta(self.backend, meta, policy=rule.name)
+        record["task_id"] = record["task_id"] or key[len(self.prefix) :].decode(errors="replace")
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        state.lines.append((record["task_id"], record["date_done"], line))
+        state.pending[key] = hashlib.sha1(value).hexdigest()
+        if len(state.lines) >= ARCHIVE_LINES:
+            state.writer.add_lines(state.lines)
+            state.lines = []
+        if len(state.pending) >= conf.get_config().archive_batch_records:
+            self._finish_archive(state)
+
+    def _finish_archive(self, state: _ArchiveState) -> None:
+        """Archive-then-delete: the batch is durable before any of its keys goes."""
+        del self.archives[state.rule.name]
+        state.writer.add_lines(state.lines)
+        state.lines = []
+        if not len(state.writer):
+            state.writer.abort()
+            return
+        batch = state.writer.finish()
+        counts = self.counts[state.rule.name]
+        counts.archived += batch.records
+        deleted = self._delete_unchanged(list(state.pending.items()))
+        counts.deleted += deleted
+        archive.complete_batch(batch, deleted)
+
+    def _delete_unchanged(self, items: list[tuple[bytes, str]]) -> int:
+        deleted = 0
+        for start in range(0, len(items), MUTATE_KEYS):
+            self.tick()
+            chunk = items[start : start + MUTATE_KEYS]
+            deleted += sum(self._mutate([(key, sha, "D", 0) for key, sha in chunk]))
+        return deleted
+
+    def _abort_archives(self) -> None:
+        for state in self.archives.values():
+            state.writer.abort()
+        self.archives.clear()
+
+    def _settle_interrupted(self) -> None:
+        """Finish Redis batches a crashed run left ``written``: delete the keys still as archived."""
+        unfinished = ArchiveBatch.objects.filter(
+            policy_name__in=[r.name for r in self.rules if r.archive],
+            source=ArchiveBatch.Source.REDIS,
+            status__in=[ArchiveBatch.Status.WRITING, ArchiveBatch.Status.WRITTEN],
+        ).order_by("id")
+        for batch in unfinished:
+            if batch.status == ArchiveBatch.Status.WRITING:
+                archive.mark_corrupt(
+                    batch,
+                    "interrupted while its object was being written; none of its keys was "
+                    "deleted on its account, they are archived again by a later batch",
+                )
+                self.notes.append(f"redis: archive batch {batch.pk} was interrupted while writing; marked corrupt")
+                continue
+            check = archive.check_object(batch)
+            if not check.ok:
+                archive.mark_corrupt(batch, check.problem)
+                self.notes.append(f"redis: archive batch {batch.pk} cannot be finished: {check.problem}")
+                continue
+            deleted = 0
+            chunk: list[tuple[bytes, str | None]] = []
+            for record in archive.read_records(batch):
+                chunk.append((self.prefix + str(record["task_id"]).encode(), record.get("date_done")))
+                if len(chunk) >= MUTATE_KEYS:
+                    deleted += self._delete_if_done(chunk)
+                    chunk = []
+            deleted += self._delete_if_done(chunk)
+            archive.complete_batch(batch, deleted)
+            self.counts[batch.policy_name].deleted += deleted
+            self.notes.append(
+                f"redis: finished archive batch {batch.pk} left by an interrupted run ({deleted} keys deleted)"
+            )
+
+    def _delete_if_done(self, chunk: list[tuple[bytes, str | None]]) -> int:
+        """Delete the keys whose result still has the archived completion date."""
+        if not chunk:
+            return 0
+        values = self.client.mget([key for key, _done in chunk])
+        doomed = []
+        for (key, archived_done), value in zip(chunk, values):
+            meta = self._decode(value) if value is not None else None
+            if meta is not None and parse_date(meta.get("date_done")) == parse_date(archived_done):
+                doomed.append((key, hashlib.sha1(value).hexdigest()))
+        return self._delete_unchanged(doomed)
+
+
+def record_text(backend: RedisBackend, result: Any) -> str:
+    """The result as the database backend would store it in ``TaskResult.result``."""
+    payload = backend._encode(result)[2]
+    return payload if isinstance(payload, str) else payload.decode("utf-8", errors="replace")
+
+
+# -- figures for snapshots and the dashboard ------------------------------------
+
+
+def redis_figures(timeout: float = 2.0) -> dict[str, Any] | None:
+    """Memory and key counts of the Redis result store; None when Redis is not the backend.
+
+    Never takes much longer than ``timeout``: the work runs in a thread that is
+    abandoned (its socket times out soon after) when it is late. Keys are
+    counted by SCAN; beyond ``FIGURES_KEY_BUDGET`` keys, or when time runs short,
+    the counts are extrapolated from those seen (``estimated``). ``keys_without_ttl``
+    counts result keys (task, group, chord) only.
+    """
+    backend = redis_backend()
+    if backend is None:
+        return None
+    figures: dict[str, Any] = {
+        "used_memory": None,
+        "keys": {"task": 0, "group": 0, "chord": 0, "other": 0},
+        "keys_without_ttl": 0,
+        "estimated": False,
+        "error": None,
+    }
+    outcome: dict[str, Any] = {}
+    started = time.monotonic()
+
+    def work() -> None:
+        try:
+            outcome["figures"] = _count(backend, timeout, started + timeout * 0.6)
+        except Exception as exc:  # noqa: BLE001 - reported, never raised into a page
+            outcome["error"] = describe_error(backend, exc)
+
+    worker = threading.Thread(target=work, name="retention-redis-figures", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if "figures" in outcome:
+        return outcome["figures"]  # type: ignore[no-any-return]
+    figures["error"] = outcome.get("error") or f"Redis at {server_label(backend)} did not answer within {timeout:g} s"
+    return figures
+
+
+def _count(backend: RedisBackend, timeout: float, stop_at: float) -> dict[str, Any]:
+    client = connect(backend, timeout)
+    try:
+        memory = client.info("memory").get("used_memory")
+        total = int(client.dbsize())
+        prefixes = (
+            ("task", backend.task_keyprefix),
+            ("group", backend.group_keyprefix),
+            ("chord", backend.chord_keyprefix),
+        )
+        keys = {"task": 0, "group": 0, "chord": 0, "other": 0}
+        without_ttl = scanned = 0
+        cursor = 0
+        complete = False
+        while scanned < FIGURES_KEY_BUDGET and time.monotonic() < stop_at:
+            cursor, batch = client.scan(cursor, count=1000)
+            kinds = []
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                kind = next((name for name, prefix in prefixes if key.startswith(prefix)), "other")
+                kinds.append(kind)
+                if kind != "other":
+                    pipe.pttl(key)
+            ttls = iter(pipe.execute()) if len(pipe) else iter(())
+            for kind in kinds:
+                keys[kind] += 1
+                if kind != "other" and next(ttls) == -1:
+                    without_ttl += 1
+            scanned += len(batch)
+            if cursor == 0:
+                complete = True
+                break
+        estimated = not complete
+        if estimated and scanned:
+            scale = total / scanned
+            keys = {kind: round(n * scale) for kind, n in keys.items()}
+            without_ttl = round(without_ttl * scale)
+        elif estimated:
+            keys["other"] = total  # nothing sampled in time: only the total is known
+        return {
+            "used_memory": int(memory) if memory is not None else None,
+            "keys": keys,
+            "keys_without_ttl": without_ttl,
+            "estimated": estimated,
+            "error": None,
+        }
+    finally:
+        client.close()

@@ -1,0 +1,236 @@
+"""RetentionRedisBackend against the real Redis server: each result's TTL comes from its policy.
+
+TTLs are read back with PTTL. Keys carry a per-process ``global_keyprefix`` so that
+other test sessions sharing the Redis database cannot interfere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import current_app, states
+from celery.app.backends import by_url
+from celery.app.task import Context
+from celery.result import GroupResult
+from django.test import override_settings
+from django.utils import timezone
+
+from retention_admin.backends import RetentionRedisBackend
+from retention_admin.models import RetentionHold, RetentionPolicy, RetentionTier
+from testproject.celery import app
+
+REDIS_URL = os.environ.get("TEST_RETENTION_REDIS_URL", "redis://127.0.0.1:6379/10")
+PREFIX = f"ratest{os.getpid()}:"
+BACKEND = f"retention_admin.backends.RetentionRedisBackend+{REDIS_URL}"
+HOUR_MS = 3600 * 1000
+DAY = timedelta(days=1)
+
+pytestmark = [
+    pytest.mark.django_db,
+    # Celery's own RedisBackend._set calls SETEX, which redis-py 8 marks deprecated.
+    pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"),
+]
+
+
+def reset_backend() -> None:
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+
+
+def wipe(client: redis.Redis) -> None:
+    """Delete this session's keys only (the database is shared with other sessions)."""
+    keys = list(client.scan_iter(match=f"{PREFIX}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_client(redis_server: None) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    wipe(client)
+    yield client
+    wipe(client)
+    client.close()
+
+
+@pytest.fixture
+def redis_app(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
+    """The test project's Celery app with RetentionRedisBackend, configured as the README says."""
+    keys = ["result_backend", "result_backend_transport_options", "result_expires"]
+    saved = {key: app.conf[key] for key in keys}
+    # The project's app is the current one, as its celery.py makes it (another
+    # test may have created an app of its own since).
+    previous = current_app._get_current_object()
+    app.set_current()
+    app.conf.result_backend = BACKEND
+    app.conf.result_backend_transport_options = {"global_keyprefix": PREFIX}
+    reset_backend()
+    archive_dir = tmp_path / "archive"
+    archive_dir.mkdir()
+    with override_settings(
+        RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "ARCHIVE_DIR": str(archive_dir)}
+    ):
+        yield app
+    app.conf.update(saved)
+    reset_backend()
+    previous.set_current()
+
+
+def key(task_id: str) -> bytes:
+    return f"{PREFIX}celery-task-meta-{task_id}".encode()
+
+
+def store(task_id: str, task_name: str | None, state: str = states.SUCCESS, result: Any = "ok") -> None:
+    request = Context(task=task_name, args=[1], kwargs={}, hostname="worker@test", delivery_info={})
+    if state == states.FAILURE:
+        result = ValueError(result)
+    app.backend.store_result(task_id, result, state, request=request)
+
+
+def policy(name: str, *, priority: int, **fields: Any) -> RetentionPolicy:
+    return RetentionPolicy.objects.create(
+        name=name, priority=priority, tier=RetentionTier.objects.get(slug="daily"), **fields
+    )
+
+
+def assert_ttl(client: redis.Redis, task_id: str, expected_ms: int) -> None:
+    ttl = client.pttl(key(task_id))
+    # Between SETEX and PTTL a few milliseconds pass; a second is plenty.
+    assert expected_ms - 1000 <= ttl <= expected_ms, (task_id, ttl, expected_ms)
+
+
+def test_the_class_plus_url_form_resolves_to_our_backend_and_url():
+    cls, url = by_url(BACKEND, app.loader)
+    assert cls is RetentionRedisBackend
+    assert url == REDIS_URL
+
+
+def test_each_result_is_stored_with_its_policys_ttl(redis_app, redis_client):
+    policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    policy("t-critical", priority=2, task_name_pattern="critical.*", keep_for=None)
+    policy("t-audit", priority=3, task_name_pattern="audit.*", keep_for=30 * DAY, archive=True)
+    # Seeded and enabled: failures-7d (any task, FAILURE, 7 days).
+    store("api-ok", "api.fetch")
+    store("api-failed", "api.fetch", states.FAILURE)  # api-6h comes first (priority 1)
+    store("job-failed", "jobs.resize", states.FAILURE)
+    store("job-ok", "jobs.resize")
+    store("critical-ok", "critical.ledger")
+    store("audit-ok", "audit.login")
+    assert_ttl(redis_client, "api-ok", 6 * HOUR_MS)
+    assert_ttl(redis_client, "api-failed", 6 * HOUR_MS)
+    assert_ttl(redis_client, "job-failed", 7 * 24 * HOUR_MS)
+    # No policy governs it: Celery's result_expires (1 day by default).
+    assert_ttl(redis_client, "job-ok", 24 * HOUR_MS)
+    # Keep-forever and archive policies store no TTL.
+    assert redis_client.pttl(key("critical-ok")) == -1
+    assert redis_client.pttl(key("audit-ok")) == -1
+    # The result is still Celery's to read.
+    assert app.AsyncResult("api-ok").get(timeout=1) == "ok"
+
+
+def test_result_size_matcher_uses_the_result_as_the_database_would_store_it(redis_app, redis_client):
+    policy("t-big", priority=1, min_result_bytes=1000, keep_for=timedelta(hours=1))
+    store("big", "jobs.export", result="x" * 998)  # '"' + 998 + '"' = 1000 bytes of JSON
+    store("small", "jobs.export", result="x" * 997)
+    assert_ttl(redis_client, "big", HOUR_MS)
+    assert_ttl(redis_client, "small", 24 * HOUR_MS)
+
+
+def test_held_task_ids_are_stored_without_ttl(redis_app, redis_client):
+    RetentionHold.objects.create(task_id="kept", reason="incident 42")
+    RetentionHold.objects.create(task_id="ended", reason="over", until=timezone.now() - DAY)
+    store("kept", "jobs.resize")
+    store("ended", "jobs.resize")
+    assert redis_client.pttl(key("kept")) == -1
+    assert_ttl(redis_client, "ended", 24 * HOUR_MS)
+
+
+def test_without_result_extended_task_name_policies_do_not_match(redis_app, redis_client):
+    policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    saved = app.conf.result_extended
+    app.conf.result_extended = False
+    try:
+        store("plain", "api.fetch")
+    finally:
+        app.conf.result_extended = saved
+    # As in the database: no task name is stored, so the remainder's expiry applies.
+    assert_ttl(redis_client, "plain", 24 * HOUR_MS)
+
+
+def test_group_metadata_keeps_celerys_expiry(redis_app, redis_client):
+    policy("t-critical", priority=1, task_name_pattern="*", keep_for=None)
+    group = GroupResult("group-1", [app.AsyncResult("a"), app.AsyncResult("b")], app=app)
+    app.backend.save_group("group-1", group)
+    ttl = redis_client.pttl(f"{PREFIX}celery-taskset-meta-group-1")
+    assert 24 * HOUR_MS - 1000 <= ttl <= 24 * HOUR_MS
+
+
+def test_a_real_task_run_stores_through_the_backend(redis_app, redis_client, monkeypatch):
+    import testproject.tasks  # noqa: F401 - registers the task with the project's app
+
+    add = app.tasks["testproject.tasks.add"]
+    policy("t-add", priority=1, task_name_pattern="testproject.tasks.add", keep_for=timedelta(hours=1))
+    # Celery copies task_store_eager_result onto the task when it is first bound.
+    monkeypatch.setattr(add, "store_eager_result", True, raising=False)
+    result = add.apply(args=(2, 3))
+    assert result.get() == 5
+    assert_ttl(redis_client, result.id, HOUR_MS)
+    assert app.AsyncResult(result.id).get(timeout=1) == 5
+
+
+def test_policies_are_cached_and_never_queried_per_result(redis_app, redis_client, django_assert_num_queries):
+    policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 3600}):
+        store("warm", "api.fetch")  # loads the table once
+        with django_assert_num_queries(0):
+            for n in range(50):
+                store(f"api-{n}", "api.fetch")
+                store(f"job-{n}", "jobs.resize", states.FAILURE)
+    assert_ttl(redis_client, "api-49", 6 * HOUR_MS)
+    assert_ttl(redis_client, "job-49", 7 * 24 * HOUR_MS)
+
+
+def test_an_admin_change_takes_effect_within_the_refresh_period(redis_app, redis_client):
+    api = policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0.5}):
+        store("before", "api.fetch")
+        api.keep_for = timedelta(hours=2)
+        api.save()
+        store("cached", "api.fetch")  # within the refresh period: the table read before
+        time.sleep(0.6)
+        store("after", "api.fetch")
+    assert_ttl(redis_client, "before", 6 * HOUR_MS)
+    assert_ttl(redis_client, "cached", 6 * HOUR_MS)
+    assert_ttl(redis_client, "after", 2 * HOUR_MS)
+
+
+def test_a_successful_result_is_not_overwritten(redis_app, redis_client):
+    # Celery's guard against a lost worker's late write is kept.
+    store("done", "jobs.resize")
+    store("done", "jobs.resize", states.FAILURE)
+    assert app.AsyncResult("done").state == states.SUCCESS
+
+
+def test_w006_stock_redis_backend_while_policies_exist(redis_app):
+    from django.core.checks import registry
+
+    from retention_admin import checks
+
+    assert checks.check_stock_redis_backend in registry.registry.get_checks()
+    app.conf.result_backend = REDIS_URL
+    reset_backend()
+    messages = checks.check_stock_redis_backend()
+    assert [m.id for m in messages] == ["retention_admin.W006"]
+    assert "RetentionRedisBackend+redis://" in messages[0].hint
+    app.conf.result_backend = BACKEND
+    assert checks.check_stock_redis_backend() == []
+    RetentionPolicy.objects.update(enabled=False)
+    app.conf.result_backend = REDIS_URL
+    assert checks.check_stock_redis_backend() == []
