@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := DJANGO_SETTINGS_MODULE=testproject.demo_settings $(BIN)/python manage.py
 
-.PHONY: install test demo serve bench bench-archive fault-test lint clean
+.PHONY: install test demo serve bench bench-cleanup bench-archive fault-test screenshots lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,14 +34,25 @@ serve: $(STAMP)
 	@echo "Serving the admin at http://127.0.0.1:8000/admin/ (Ctrl-C to stop)"
 	$(DEMO) runserver 127.0.0.1:8000
 
-bench: $(STAMP)
+# Every benchmark, one after the other (each writes benchmarks/results/); each
+# also runs alone, with ARGS passed through: make bench-cleanup ARGS="--quick".
+bench: bench-cleanup bench-archive bench-redis bench-dashboard bench-admin
+
+# cleanup_results vs raw DELETE vs stock delete_expired(), with a concurrent writer.
+bench-cleanup: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# Snapshot time and dashboard server time on a 2M-row PostgreSQL table (see benchmarks/dashboard_bench.py).
+.PHONY: bench-dashboard
+bench-dashboard: $(STAMP)
+	$(BIN)/python benchmarks/dashboard_bench.py $(ARGS)
 
 # The archive fault tests with more trials than CI's 30 (real processes, PostgreSQL).
 FAULT_TRIALS ?= 200
 fault-test: $(STAMP)
 	FAULT_TRIALS=$(FAULT_TRIALS) TEST_DATABASES=postgresql $(BIN)/python scripts/run_tests.py tests/test_archive_faults.py
 
+# Archive-then-delete and restore vs a hand-written "load, dump, delete" script.
 bench-archive: $(STAMP)
 	$(BIN)/python benchmarks/archive.py $(ARGS)
 
@@ -49,6 +60,16 @@ bench-archive: $(STAMP)
 .PHONY: bench-admin
 bench-admin: $(STAMP)
 	$(BIN)/python benchmarks/admin_changelists.py $(ARGS)
+
+# The Redis enforcer (SCAN) vs a KEYS loop on 1M keys, and the write path's cost
+# (benchmarks/redis_run.py; ARGS="--quick" for 100k keys). Uses Redis databases 11-13.
+.PHONY: bench-redis
+bench-redis: $(STAMP)
+	$(BIN)/python benchmarks/redis_run.py $(ARGS)
+
+# The README's admin screenshots, taken by the browser tests (needs Chromium).
+screenshots: $(STAMP)
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m pytest -q tests/test_browser_admin.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

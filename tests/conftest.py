@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -88,3 +90,23 @@ def seeded_transactional_db(transactional_db: None) -> None:
     from django.apps import apps
 
     importlib.import_module("retention_admin.migrations.0002_seed_schedules_and_policies").seed(apps)
+
+
+@pytest.fixture
+def admin_client(client: Any, django_user_model: Any) -> Any:
+    """A client logged in as a superuser (``client.user``)."""
+    user = django_user_model.objects.create_superuser("boss", "boss@example.com", "pw")
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def archive_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh archive directory, set as ``RETENTION_ADMIN["ARCHIVE_DIR"]``."""
+    from django.test import override_settings
+
+    directory = tmp_path / "archive"
+    directory.mkdir()
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(directory)}):
+        yield directory

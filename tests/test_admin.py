@@ -11,14 +11,6 @@ from retention_admin.models import RetentionHold, RetentionPolicy, RetentionTier
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def admin_client(client):
-    user = User.objects.create_superuser("boss", "boss@example.com", "pw")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
 def policy_form(**overrides: object) -> dict[str, object]:
     data: dict[str, object] = {
         "name": "reports",

@@ -23,22 +23,6 @@ pytestmark = pytest.mark.django_db
 DAY = timedelta(days=1)
 
 
-@pytest.fixture
-def admin_client(client):
-    user = User.objects.create_superuser("boss", "boss@example.com", "pw")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
-@pytest.fixture
-def archive_dir(tmp_path: Path):
-    directory = tmp_path / "archive"
-    directory.mkdir()
-    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(directory)}):
-        yield directory
-
-
 def daily() -> RetentionTier:
     return RetentionTier.objects.get(slug="daily")
 

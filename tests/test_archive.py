@@ -29,14 +29,6 @@ DAY = timedelta(days=1)
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def archive_dir(tmp_path: Path):
-    directory = tmp_path / "archive"
-    directory.mkdir()
-    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(directory)}):
-        yield directory
-
-
 def audit_policy(**fields: object) -> RetentionPolicy:
     fields.setdefault("task_name_pattern", "audit.*")
     fields.setdefault("keep_for", DAY)
