@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -556,9 +557,13 @@ def _insert_lookup(batch_id: int, pairs: list[tuple[str, datetime | None]], usin
         # rest of the batch took.
         qn = connection.ops.quote_name
         connection.ensure_connection()
-        rows = "".join(
-            f"{batch_id}\t{_copy_text(task_id)}\t{_copy_text(done)}\n" for task_id, done in pairs
-        )
+        ids = [task_id for task_id, _done in pairs]
+        dates = [done for _task_id, done in pairs]
+        if _NEEDS_ESCAPE.search("".join(ids)) or not all(isinstance(d, str) for d in dates):
+            ids, dates = [_copy_text(t) for t in ids], [_copy_text(d) for d in dates]
+        # Task ids are nearly always plain: escape them only when one needs it.
+        prefix = f"{batch_id}\t"
+        rows = "".join([f"{prefix}{task_id}\t{done}\n" for task_id, done in zip(ids, dates)])
         with connection.connection.cursor() as cursor:
             columns = f"{qn('batch_id')}, {qn('task_id')}, {qn('date_done')}"
             with cursor.copy(f"COPY {qn(ArchivedResult._meta.db_table)} ({columns}) FROM STDIN") as copy:
@@ -570,6 +575,9 @@ def _insert_lookup(batch_id: int, pairs: list[tuple[str, datetime | None]], usin
     )
 
 
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
+
+
 def _copy_text(value: Any) -> str:
     """A value in COPY's text format (NULL is \\N; backslash, tab and newlines escaped)."""
     if value is None:
@@ -578,6 +586,38 @@ def _copy_text(value: Any) -> str:
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
         text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return text
+
+
+def unfinished_batches(policy_names: list[str], source: str, items: str = "rows") -> Iterator[tuple[ArchiveBatch, str]]:
+    """Settle what crashed runs of these policies left; yield ``(batch, verdict)``.
+
+    ``verdict`` is ``"finish"`` for a ``written`` batch whose object verifies: the
+    caller deletes what it holds and completes it. A ``writing`` batch (its object
+    may be partial; no checksum was recorded) is marked corrupt, ``"interrupted"``:
+    nothing was deleted on its account. A written batch whose object fails
+    verification is marked corrupt, ``"corrupt"`` (``batch.error`` says why).
+    Call it under the policies' lease.
+    """
+    unfinished = ArchiveBatch.objects.filter(
+        policy_name__in=policy_names,
+        source=source,
+        status__in=[ArchiveBatch.Status.WRITING, ArchiveBatch.Status.WRITTEN],
+    ).order_by("id")
+    for batch in unfinished:
+        if batch.status == ArchiveBatch.Status.WRITING:
+            mark_corrupt(
+                batch,
+                f"interrupted while its object was being written; none of its {items} was "
+                "deleted on its account, they are archived again by a later batch",
+            )
+            yield batch, "interrupted"
+            continue
+        check = check_object(batch)
+        if not check.ok:
+            mark_corrupt(batch, check.problem)
+            yield batch, "corrupt"
+            continue
+        yield batch, "finish"
 
 
 def mark_corrupt(batch: ArchiveBatch, problem: str) -> None:

@@ -564,24 +564,12 @@ class _Executor:
         batch is marked corrupt (none of its rows was deleted on its account).
         ``written``: the object was stored; verify it again and finish deleting.
         """
-        unfinished = ArchiveBatch.objects.using(self.records_db).filter(
-            policy_name=rule.name,
-            source=ArchiveBatch.Source.DATABASE,
-            status__in=[ArchiveBatch.Status.WRITING, ArchiveBatch.Status.WRITTEN],
-        ).order_by("id")
-        for batch in unfinished:
-            if batch.status == ArchiveBatch.Status.WRITING:
-                archive.mark_corrupt(
-                    batch,
-                    "interrupted while its object was being written; none of its rows was "
-                    "deleted on its account, they are archived again by a later batch",
-                )
+        for batch, verdict in archive.unfinished_batches([rule.name], ArchiveBatch.Source.DATABASE):
+            if verdict == "interrupted":
                 self.notes.append(f"{rule.name}: archive batch {batch.pk} was interrupted while writing; marked corrupt")
                 continue
-            check = archive.check_object(batch)
-            if not check.ok:
-                archive.mark_corrupt(batch, check.problem)
-                self._fail(f"{rule.name}: archive batch {batch.pk} cannot be finished: {check.problem}")
+            if verdict == "corrupt":
+                self._fail(f"{rule.name}: archive batch {batch.pk} cannot be finished: {batch.error}")
                 continue
             deleted = self._delete_archived(batch)
             result.archived += batch.records

@@ -544,24 +544,13 @@ class Enforcer:
 
     def _settle_interrupted(self) -> None:
         """Finish Redis batches a crashed run left ``written``: delete the keys still as archived."""
-        unfinished = ArchiveBatch.objects.filter(
-            policy_name__in=[r.name for r in self.rules if r.archive],
-            source=ArchiveBatch.Source.REDIS,
-            status__in=[ArchiveBatch.Status.WRITING, ArchiveBatch.Status.WRITTEN],
-        ).order_by("id")
-        for batch in unfinished:
-            if batch.status == ArchiveBatch.Status.WRITING:
-                archive.mark_corrupt(
-                    batch,
-                    "interrupted while its object was being written; none of its keys was "
-                    "deleted on its account, they are archived again by a later batch",
-                )
+        names = [r.name for r in self.rules if r.archive]
+        for batch, verdict in archive.unfinished_batches(names, ArchiveBatch.Source.REDIS, items="keys"):
+            if verdict == "interrupted":
                 self.notes.append(f"redis: archive batch {batch.pk} was interrupted while writing; marked corrupt")
                 continue
-            check = archive.check_object(batch)
-            if not check.ok:
-                archive.mark_corrupt(batch, check.problem)
-                self.notes.append(f"redis: archive batch {batch.pk} cannot be finished: {check.problem}")
+            if verdict == "corrupt":
+                self.notes.append(f"redis: archive batch {batch.pk} cannot be finished: {batch.error}")
                 continue
             deleted = 0
             chunk: list[tuple[bytes, str | None]] = []

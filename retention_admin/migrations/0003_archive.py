@@ -49,13 +49,14 @@ class Migration(migrations.Migration):
             name='ArchivedResult',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_id', models.CharField(db_index=True, max_length=255, verbose_name='task id')),
+                ('task_id', models.CharField(max_length=255, verbose_name='task id')),
                 ('date_done', models.DateTimeField(null=True, verbose_name='date done')),
-                ('batch', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='results', to='retention_admin.archivebatch')),
+                ('batch', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='results', to='retention_admin.archivebatch')),
             ],
             options={
                 'verbose_name': 'archived result',
                 'verbose_name_plural': 'archived results',
+                'indexes': [models.Index(fields=['task_id'], name='retention_archived_task_idx')],
             },
         ),
     ]
