@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := DJANGO_SETTINGS_MODULE=testproject.demo_settings $(BIN)/python manage.py
 
-.PHONY: install test demo serve bench bench-cleanup bench-archive fault-test screenshots lint clean
+.PHONY: install test browser demo serve bench bench-cleanup bench-archive fault-test screenshots lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,18 @@ install: $(STAMP)
 
 # The whole suite on SQLite, then PostgreSQL and MariaDB (skipped with a reason
 # when a server is not reachable; with CI=true a missing server is a failure).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python scripts/run_tests.py $(ARGS)
+
+# Debian's Chromium for the browser tests, when it is missing and this user can
+# install it; otherwise those tests skip and say why (CI installs it in .ci/run).
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+	    || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) \
+	    || echo "chromium could not be installed: the browser tests will be skipped"; \
+	fi
 
 demo: $(STAMP)
 	rm -rf var/demo.sqlite3 var/demo-archive
@@ -68,7 +78,7 @@ bench-redis: $(STAMP)
 	$(BIN)/python benchmarks/redis_run.py $(ARGS)
 
 # The README's admin screenshots, taken by the browser tests (needs Chromium).
-screenshots: $(STAMP)
+screenshots: $(STAMP) browser
 	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m pytest -q tests/test_browser_admin.py
 
 clean:
