@@ -414,3 +414,23 @@ def test_task_ids_with_odd_characters_archive_and_restore(make_result, archive_d
     assert ArchivedResult.objects.get().task_id == odd
     restore_batches([ArchiveBatch.objects.get().pk])
     assert ids_left() == {odd}
+
+
+def test_verify_archives_command(make_result, archive_dir):
+    audit_policy()
+    good = archived_batch(make_result, archive_dir, n=2, prefix="g")
+    bad = archived_batch(make_result, archive_dir, n=2, prefix="b")
+    out = io.StringIO()
+    call_command("verify_archives", str(good.pk), stdout=out)
+    assert "1 archive batches verified" in out.getvalue()
+
+    (archive_dir / bad.name).write_bytes(b"not gzip")
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=f"1 of 2 archive batches failed verification: {bad.pk}"):
+        call_command("verify_archives", "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["failed"] == [bad.pk] and data["verified"] == 2
+    bad.refresh_from_db()
+    assert bad.status == ArchiveBatch.Status.CORRUPT
+    with pytest.raises(CommandError, match="No archive batch with id 424242"):
+        call_command("verify_archives", "424242")
