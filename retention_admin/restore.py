@@ -201,9 +201,7 @@ def _insert(records: list[dict[str, Any]], db: str) -> None:
 def _row(record: dict[str, Any], fields: list[Any], connection: Any) -> list[Any]:
     values = []
     for f in fields:
-        value = record.get(f.attname)
-        if value is None and not f.null:
-            value = f.get_default()
+        value = _raw(record, f)
         value = f.to_python(value) if isinstance(value, str) and f.get_internal_type() == "DateTimeField" else value
         values.append(f.get_db_prep_save(value, connection))
     return values
