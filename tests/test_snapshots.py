@@ -124,6 +124,54 @@ def test_large_table_snapshot_uses_statistics_and_a_sample(make_result, vendor):
     assert snap.rows_by_status["FAILURE"] / snap.task_rows == pytest.approx(1 / 3, abs=0.1)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_page_sample_counts_the_rows_there_now(vendor):
+    """PostgreSQL: a TABLESAMPLE of pages estimates total and split from the live rows.
+
+    Right after a cleanup (no ANALYZE since), the planner's statistics still count
+    the deleted rows; the page sample does not.
+    """
+    if vendor != "postgresql":
+        pytest.skip("TABLESAMPLE sampling is the PostgreSQL path; other databases sample by id")
+    body = "x" * 1500  # about five rows a page: ~600 pages, enough for a page sample
+    TaskResult.objects.bulk_create(
+        TaskResult(task_id=f"page-{i}", task_name="old" if i < 1500 else "new",
+                   status="FAILURE" if i % 4 == 0 else "SUCCESS", result=body)
+        for i in range(3000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {TaskResult._meta.db_table}")
+    # A cleanup thins out the old half: one row in five stays.
+    TaskResult.objects.filter(task_name="old").exclude(task_id__regex=r"[05]$").delete()
+    kept_old = TaskResult.objects.filter(task_name="old").count()
+    assert 200 < kept_old < 400
+    live = 1500 + kept_old
+    stale = snapshots.statistics_rows(connection.alias)
+    assert stale == pytest.approx(3000, rel=0.05)  # control: statistics still count the deleted rows
+
+    with override_settings(RETENTION_ADMIN={"SNAPSHOT_EXACT_ROWS": 100, "SNAPSHOT_SAMPLE_ROWS": 1500}):
+        snap = take_snapshot()
+    assert snap.rows_estimated
+    assert snap.details["rows_method"] == "page sample"
+    assert 0 < snap.details["sample_rows"] < live
+    assert snap.task_rows == pytest.approx(live, rel=0.15)
+    by_task = {entry["task_name"]: entry["rows"] for entry in snap.rows_by_task}
+    assert by_task["new"] == pytest.approx(1500, rel=0.2)
+    assert by_task["old"] == pytest.approx(kept_old, rel=0.35)
+    assert snap.rows_by_status["FAILURE"] / snap.task_rows == pytest.approx(
+        TaskResult.objects.filter(status="FAILURE").count() / live, abs=0.08
+    )
+
+
+def test_postgresql_page_sample_declines_a_small_table(make_result, vendor):
+    """Too few pages for the share asked: no page sample (the id-strata sample is used)."""
+    if vendor != "postgresql":
+        pytest.skip("TABLESAMPLE sampling is the PostgreSQL path")
+    for _ in range(30):
+        make_result()
+    assert snapshots.page_sampled_tally(connection.alias, sample_rows=10, estimate=30) is None
+
+
 def test_snapshot_after_every_real_run_not_after_dry_runs(make_result):
     make_result(status="FAILURE", age=timedelta(days=8))
     run_cleanup(Selection(policies=["failures-7d"]), Options(dry_run=True))
