@@ -16,6 +16,11 @@ benchmarks/results/archive.json and archive.md.
 
     make bench-archive                       # 1M due (and 100k)
     make bench-archive ARGS="--due 50000"    # a smoke run
+
+A/B of two source trees on one data set, interleaved (each run on a fresh clone;
+the machine is shared, so compare ratios within a round, not absolute numbers):
+
+    python benchmarks/archive.py ab --due 100000 --rounds 3 --tree base=/tmp/base --tree new=.
 """
 
 from __future__ import annotations
@@ -154,6 +159,56 @@ def bench(db: Any, due: int, label: str, seed: int, workdir: Path) -> dict[str, 
     return results
 
 
+def ab(db: Any, due: int, seed: int, rounds: int, trees: list[tuple[str, Path]], reuse: bool) -> dict[str, Any]:
+    """Archive ``due`` rows with each tree in turn (order alternating by round); rows/s per run."""
+    import statistics
+
+    template, run = f"archab_tpl_{due}", "archab_run"
+    rows = due + max(due // 10, 1000)
+    if not (reuse and db.exists(template)):
+        log(f"generating {template}: {rows:,} rows, {due:,} due")
+        db.create_empty(template)
+        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
+                       env=django_env(db.url(template)), check=True)
+        subprocess.run([PYTHON, str(BENCH_DIR / "dataset.py"), "--rows", str(rows), "--due", str(due), "--seed", str(seed)],
+                       cwd=ROOT, env=django_env(db.url(template)), check=True, stdout=subprocess.DEVNULL)
+        db.finalize(template)
+    workdir = VAR_DIR / "archive-ab"
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[float]] = {name: [] for name, _ in trees}
+    for number in range(rounds):
+        order = trees if number % 2 == 0 else trees[::-1]
+        for name, tree in order:
+            db.clone(template, run)
+            db.settle(run)
+            archive_dir = workdir / f"archive-{name}"
+            shutil.rmtree(archive_dir, ignore_errors=True)
+            archive_dir.mkdir(parents=True)
+            out = workdir / f"{name}.json"
+            out.unlink(missing_ok=True)
+            env = django_env(db.url(run))
+            env["PYTHONPATH"] = os.pathsep.join([str(tree), env["PYTHONPATH"]])
+            env["RETENTION_ADMIN_JSON"] = json.dumps({"ARCHIVE_DIR": str(archive_dir)})
+            load = os.getloadavg()[0]
+            subprocess.run([PYTHON, str(tree / "benchmarks" / "archive.py"), "child", "archive", "--workdir", str(workdir),
+                            "--out", str(out)], cwd=tree, env=env, check=True, timeout=3600)
+            result = json.loads(out.read_text())
+            if result["rows_after"] != rows - due or result["archived"] != due:
+                raise SystemExit(f"{name}: archived {result['archived']}, left {result['rows_after']} of {rows} rows")
+            rate = result["archived"] / result["seconds"]
+            runs[name].append(rate)
+            log(f"round {number + 1} {name}: {rate:,.0f} rows/s, peak RSS {result['peak_rss_mb']:.0f} MB, load {load:.2f}")
+            shutil.rmtree(archive_dir, ignore_errors=True)
+    db.drop(run)
+    first = trees[0][0]
+    summary = {name: {"runs": rates, "median": statistics.median(rates),
+                      "ratio_to_" + first: statistics.median([r / b for r, b in zip(rates, runs[first])])}
+               for name, rates in runs.items()}
+    for name, item in summary.items():
+        log(f"{name}: median {item['median']:,.0f} rows/s, {item['ratio_to_' + first]:.3f}x {first} (paired median)")
+    return summary
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Archive benchmark",
@@ -203,6 +258,12 @@ def main(argv: list[str]) -> int:
     c.add_argument("method", choices=["script", "archive", "restore"])
     c.add_argument("--workdir", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
+    a = sub.add_parser("ab", help="interleaved A/B of source trees on one data set")
+    a.add_argument("--tree", action="append", required=True, metavar="NAME=PATH")
+    a.add_argument("--rounds", type=int, default=3)
+    a.add_argument("--reuse", action="store_true", help="keep the data set built by an earlier ab run")
+    a.add_argument("--due", type=int, default=100_000)
+    a.add_argument("--seed", type=int, default=7)
     parser.add_argument("--due", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -210,6 +271,11 @@ def main(argv: list[str]) -> int:
         child(args.method, args.workdir, args.out)
         return 0
     db = databases.get("postgresql")
+    if args.command == "ab":
+        trees = [(name, Path(path).resolve()) for name, path in (t.split("=", 1) for t in args.tree)]
+        summary = ab(db, args.due, args.seed, args.rounds, trees, args.reuse)
+        (VAR_DIR / "archive-ab" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return 0
     workdir = VAR_DIR / "archive"
     workdir.mkdir(parents=True, exist_ok=True)
     sizes = [bench(db, max(args.due // 10, 1000), "small", args.seed, workdir),
