@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Final
 
 from . import conf
 from .matching import Governance, Rule
@@ -24,6 +25,16 @@ logger = logging.getLogger(__name__)
 MEMO_SIZE = 10_000  # distinct (task name, status) pairs remembered per table
 
 
+class SizeDependent:
+    """The governing rule of a (task name, status) pair depends on the result's size."""
+
+    def __repr__(self) -> str:
+        return "SIZE_DEPENDENT"
+
+
+SIZE_DEPENDENT: Final = SizeDependent()
+
+
 @dataclass(frozen=True)
 class PolicyTable:
     """The enabled policies in precedence order, and the task ids under an active hold."""
@@ -31,14 +42,48 @@ class PolicyTable:
     governance: Governance
     held: frozenset[str]
     loaded_at: float  # time.monotonic()
-    # (task name, status) -> governing rule, when no rule looks at result sizes.
-    memo: dict[tuple[str | None, str], Rule | None] = field(default_factory=dict, compare=False, repr=False)
-    sized: bool = field(init=False, compare=False, repr=False)
+    # (task name, status) -> governing rule, or SIZE_DEPENDENT when a size matcher decides.
+    # It lives and dies with the table: a policy change loads a new table, so a new memo.
+    memo: dict[tuple[str | None, str], Rule | SizeDependent | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    # Each rule without its size matcher: does a result's task name and status match it?
+    unsized: tuple[Rule, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "sized", any(rule.min_result_bytes is not None for rule in self.governance.rules)
+            self, "unsized", tuple(replace(rule, min_result_bytes=None) for rule in self.governance.rules)
         )
+
+    def rule_by_name_status(self, task_name: str | None, status: str) -> Rule | SizeDependent | None:
+        """The governing rule as far as task name and status tell (memoized).
+
+        The first rule whose name and status matchers match governs unless it also
+        has a size matcher; then the answer depends on the result (SIZE_DEPENDENT).
+        """
+        memo_key = (task_name, status)
+        try:
+            return self.memo[memo_key]
+        except KeyError:
+            pass
+        found: Rule | SizeDependent | None = None
+        for rule, bare in zip(self.governance.rules, self.unsized):
+            if bare.matches(task_name=task_name, status=status, result=None):
+                found = rule if rule.min_result_bytes is None else SIZE_DEPENDENT
+                break
+        if len(self.memo) >= MEMO_SIZE:
+            self.memo.clear()
+        self.memo[memo_key] = found
+        return found
+
+    def governing(
+        self, *, task_name: str | None, status: str, result_text: Callable[[], str | None]
+    ) -> Rule | None:
+        """The rule governing a result; its text is built only when a size matcher decides."""
+        rule = self.rule_by_name_status(task_name, status)
+        if isinstance(rule, SizeDependent):
+            return governing(self.governance.rules, task_name=task_name, status=status, result_text=result_text)
+        return rule
 
     @classmethod
     def load(cls) -> PolicyTable:
@@ -94,24 +139,19 @@ def verdict(
     remainder: timedelta | None,
 ) -> Verdict:
     """The policy governing a result and its lifetime; ``remainder`` is result_expires for the rest."""
-    if table.sized:
-        rule = governing(table.governance.rules, task_name=task_name, status=status, result_text=result_text)
-    else:
-        memo_key = (task_name, status)
-        try:
-            rule = table.memo[memo_key]
-        except KeyError:
-            rule = governing(table.governance.rules, task_name=task_name, status=status, result_text=result_text)
-            if len(table.memo) >= MEMO_SIZE:
-                table.memo.clear()
-            table.memo[memo_key] = rule
+    rule = table.governing(task_name=task_name, status=status, result_text=result_text)
     held = task_id in table.held
     if held:
         return Verdict(rule, None, held=True)
+    return Verdict(rule, lifetime(rule, remainder))
+
+
+def lifetime(rule: Rule | None, remainder: timedelta | None) -> timedelta | None:
+    """How long a result ``rule`` governs may live in Redis (None: no TTL); not for held results."""
     if rule is None:
-        return Verdict(None, remainder)
+        return remainder
     # Archive policies get no TTL: their tier run archives, then deletes.
-    return Verdict(rule, None if rule.archive else rule.keep_for)
+    return None if rule.archive else rule.keep_for
 
 
 class PolicyCache:

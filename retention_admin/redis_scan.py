@@ -1,15 +1,18 @@
 """Redis: the SCAN enforcer that brings result keys in line with their policies, and Redis figures.
 
 The enforcer walks ``celery-task-meta-*`` (with ``global_keyprefix``) by ``SCAN``,
-never ``KEYS``, reading each batch's values and TTLs in one pipeline. For every
-key in the run's scope it applies the verdict of ``redis_policies`` (the same one
-the backend uses when it writes): a due key is deleted (archive policies: written
-to an archive batch first), a key without a TTL or with one that ends elsewhere
-than its policy says gets the right expiry, and keep-forever, archive and held
-keys lose a TTL they should not have. Every change is made by a small Lua script
-only if the key still holds the value that was judged (its SHA-1), so a result
-stored again meanwhile is left to the next run. Each command touches a bounded
-number of keys, so Redis never blocks for long.
+never ``KEYS``, reading each batch's values and TTLs in one round trip, a few
+batches ahead of the judging (a thread of its own: Redis works while Python
+judges). For every key in the run's scope it applies the verdict of
+``redis_policies`` (the same one the backend uses when it writes): a due key is
+deleted (archive policies: written to an archive batch first), a key without a TTL
+or with one that ends elsewhere than its policy says gets the right expiry, and
+keep-forever, archive and held keys lose a TTL they should not have. Every change
+is made by a small Lua script only if the key still holds the value that was
+judged (the value itself is sent back and compared; archive deletions, made long
+after the read, compare its SHA-1), so a result stored again meanwhile is left to
+the next run. Each command touches a bounded number of keys, so Redis never
+blocks for long.
 
 ``redis_figures`` gives snapshots and the dashboard memory and key counts, within
 a hard time limit.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
 import threading
 import time
@@ -34,7 +38,21 @@ from . import archive, conf
 from .celery_config import get_app
 from .matching import Governance, Rule
 from .models import ArchiveBatch, CleanupRun, RetentionHold, RetentionPolicy
-from .redis_policies import PolicyTable, verdict
+from .redis_policies import PolicyTable, SizeDependent, lifetime
+
+try:
+    # Optional (the "redis" extra): parses a result's JSON ~4x faster than the
+    # standard library, which was the largest part of judging a key.
+    from orjson import loads as fast_loads
+except ImportError:  # pragma: no cover - the standard library parser does the same, slower
+    fast_loads = json.loads
+
+try:
+    # redis-py packs each argument in Python first; the bulk reads and changes
+    # send thousands of arguments a call, so they pack with hiredis directly.
+    from hiredis import pack_command as hiredis_pack
+except ImportError:  # pragma: no cover - redis-py's packer does the same, slower
+    hiredis_pack = None
 
 # Seconds per command when Celery's redis_socket_timeout is not set: a stalled
 # server fails the Redis part of a run instead of hanging it.
@@ -42,31 +60,65 @@ DEFAULT_SOCKET_TIMEOUT = 30.0
 # An expiry within this of the policy's is left alone (the writer's SETEX and the
 # result's date_done are a few milliseconds apart).
 TOLERANCE_MS = 5000
-# Keys and bytes per Lua call: each call hashes the values it checks, so both
-# are bounded to keep every call far below SLOWLOG's default 10 ms.
-MUTATE_KEYS = 100
+# Keys and bytes per Lua call: each call compares (or hashes) the values it
+# checks, so both are bounded to keep every call far below SLOWLOG's default 10 ms.
+MUTATE_KEYS = 400
 MUTATE_BYTES = 256 << 10
-# Keys per read call (values and TTLs of a SCAN batch, in one round trip).
-READ_KEYS = 250
+# Keys per read (values and TTLs of part of a SCAN batch, in one round trip).
+READ_KEYS = 1000
+# Reads done ahead of the judging: enough to keep Redis busy, few enough to keep memory flat.
+READ_AHEAD = 2
 # Archive records handed to the archive writer at a time.
 ARCHIVE_LINES = 500
 # redis_figures: keys inspected before the counts are extrapolated from the sample.
 FIGURES_KEY_BUDGET = 100_000
 
-# Values and TTLs of a batch of keys in one command: packing and parsing one
-# command is far cheaper in redis-py than a pipeline of two commands per key.
-# A key of another type reads as missing (pcall) instead of failing the batch.
-READ_LUA = """
+# The TTLs of a batch of keys in one command (their values come from one MGET
+# beside it, which reads a key of another type as missing): packing and parsing
+# two commands is far cheaper in redis-py than a pipeline of one or two per key,
+# and MGET costs Redis less than a GET per key from Lua.
+PTTL_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'table' then value = false end
-  out[2 * i - 1] = value
-  out[2 * i] = redis.call('PTTL', key)
+  out[i] = redis.call('PTTL', key)
 end
 return out
 """
 
+# How many of the given keys have no TTL (snapshots and the dashboard).
+COUNT_PERSISTENT_LUA = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) == -1 then n = n + 1 end
+end
+return n
+"""
+
+# A change made only if the key still holds the value that was judged, which is
+# sent back with it: comparing two strings costs Redis far less than hashing one
+# (Lua interns strings, so equal values are one string).
+CHANGE_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local done = 0
+  if redis.pcall('GET', key) == ARGV[2 * i - 1] then
+    local op = ARGV[2 * i]
+    if op == 'D' then
+      done = redis.call('UNLINK', key)
+    elseif op == 'P' then
+      redis.call('PERSIST', key)
+      done = 1
+    else
+      done = redis.call('PEXPIREAT', key, op)
+    end
+  end
+  out[i] = done
+end
+return out
+"""
+
+# The same guarded by the SHA-1 of the value: for archive deletions, which come
+# after a whole batch is written and would otherwise keep its values in memory.
 MUTATE_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -91,6 +143,14 @@ return out
 
 class RedisUnavailable(Exception):
     """Redis could not be used; the message names the server, never the password."""
+
+
+def send(connection: Any, *args: Any) -> None:
+    """Send one command on ``connection`` without reading its reply."""
+    if hiredis_pack is not None:
+        connection.send_packed_command([hiredis_pack(args)], check_health=False)
+    else:
+        connection.send_packed_command(connection.pack_command(*args), check_health=False)
 
 
 # -- the configured backend and how to reach it ---------------------------------
@@ -241,14 +301,84 @@ class _ArchiveState:
     lines: list[tuple[str, str | None, bytes]] = field(default_factory=list)
 
 
-@dataclass
-class _Change:
-    key: bytes
-    sha: str
-    op: str  # D delete, P persist, E expire at ``at`` (ms since the epoch)
-    at: int
-    counts: Counts
-    size: int
+# How the keys of one (task name, status) are treated in this run: their counts,
+# governing rule (None: the remainder), lifetime for their TTL (None: no TTL) and
+# the completion time at or before which they are due (None: never due). None
+# instead of a plan: out of this run's scope.
+_Plan = tuple[Counts, Rule | None, timedelta | None, datetime | None]
+_UNKNOWN = object()
+
+
+class _ReadAhead:
+    """SCAN and the reads of values and TTLs, in a thread a few batches ahead of the judging.
+
+    Iterating yields ``(keys, values, pttls, read_ms)`` per part of a SCAN batch;
+    an error of the thread is raised to the iterating one. At most ``READ_AHEAD``
+    parts wait, so memory stays flat however many keys there are.
+    """
+
+    def __init__(self, client: Any, pattern: bytes, count: int):
+        self.client = client
+        self.connection: Any = None
+        self.pattern = pattern
+        self.count = count
+        self.parts: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="retention-redis-scan", daemon=True)
+
+    def __iter__(self) -> Any:
+        self.thread.start()
+        while True:
+            part = self.parts.get()
+            if part is None:
+                return
+            if isinstance(part, BaseException):
+                raise part
+            yield part
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        if self.connection is not None:
+            self.connection.disconnect()
+        self.client.close()
+
+    def _put(self, part: Any) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.parts.put(part, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            # One connection, commands packed and sent by hand: redis-py's
+            # per-argument work was a large part of the scan.
+            connection = self.connection = self.client.connection_pool.get_connection()
+            cursor = b"0"
+            while True:
+                send(connection, "SCAN", cursor, "MATCH", self.pattern, "COUNT", self.count)
+                cursor, keys = connection.read_response()
+                for start in range(0, len(keys), READ_KEYS):
+                    chunk = keys[start : start + READ_KEYS]
+                    # A TTL read counts down from here, not from the start of the run.
+                    read_ms = int(time.time() * 1000)
+                    # Values first, then TTLs: a key stored again in between is
+                    # judged by its old value, whose changes then do not apply.
+                    send(connection, "MGET", *chunk)
+                    send(connection, "EVAL", PTTL_LUA, len(chunk), *chunk)
+                    values = connection.read_response()
+                    pttls = connection.read_response()
+                    if not self._put((chunk, values, pttls, read_ms)):
+                        return
+                if cursor == b"0":
+                    break
+            self._put(None)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the judging thread
+            self._put(exc)
 
 
 class Enforcer:
@@ -287,6 +417,8 @@ class Enforcer:
         self.progress = progress
         held = frozenset(RetentionHold.objects.active(now).values_list("task_id", flat=True))
         self.table = PolicyTable(governance, held, time.monotonic())
+        # (task name, status) -> _Plan, or SizeDependent: judging a key is mostly a lookup.
+        self.plans: dict[tuple[Any, str], Any] = {}
         self.prefix: bytes = backend.task_keyprefix
         self.counts: dict[str, Counts] = {rule.name: Counts() for rule in rules}
         self.unmatched = Counts()
@@ -294,13 +426,22 @@ class Enforcer:
         self.stopped = False
         self.notes: list[str] = []
         self.archives: dict[str, _ArchiveState] = {}
-        self.changes: list[_Change] = []
+        # Changes waiting for one CHANGE_LUA call: its keys, its arguments (value
+        # and action per key) and what to count for each key when it is done.
+        self.change_keys: list[bytes] = []
+        self.change_args: list[Any] = []
+        self.change_counts: list[tuple[Counts, bool]] = []  # (counts, deletes)
         self.change_bytes = 0
+        # Changes go out on a connection of their own without waiting for the reply:
+        # Redis makes one batch while the next is judged. (keys, args, counts) of
+        # the batch whose reply is still to be read.
+        self.change_connection: Any = None
+        self.in_flight: tuple[list[bytes], list[Any], list[tuple[Counts, bool]]] | None = None
         self.client: Any = None
         self.script: Any = None
+        self.changer: Any = None
         self.location: archive.Location | None = None
         self.scan_count = conf.get_config().redis_scan_count
-        self.reader: Any = None
         self.expires = remainder_expires(backend, states.SUCCESS)
         self.failure_expires = remainder_expires(backend, states.FAILURE)
         # JSON results, not compressed: parsed without kombu (see _decode).
@@ -334,11 +475,13 @@ class Enforcer:
         try:
             self.client = connect(self.backend)
             self.script = self.client.register_script(MUTATE_LUA)
-            self.reader = self.client.register_script(READ_LUA)
+            self.changer = self.client.register_script(CHANGE_LUA)
+            self.client.script_load(CHANGE_LUA)  # sent by EVALSHA without waiting (see _flush_changes)
             if not self.dry_run:
                 self._settle_interrupted()
             self._scan()
             self._flush_changes()
+            self._collect_changes()
             for state in list(self.archives.values()):
                 self._finish_archive(state)
         except RedisError as exc:
@@ -347,6 +490,13 @@ class Enforcer:
         except BaseException:
             self._abort_archives()
             raise
+        finally:
+            if self.change_connection is not None:
+                # Unread replies (after an error) must not reach another command.
+                self.change_connection.disconnect()
+                self.change_connection = None
+            if self.client is not None:
+                self.client.close()
         return self.report()
 
     def _scan(self) -> None:
@@ -354,49 +504,65 @@ class Enforcer:
         if self.progress is not None:
             total = self.client.dbsize() if self.progress.wants_totals else None
             self.progress.start(f"redis {server_label(self.backend)}", total)
+        reads = _ReadAhead(connect(self.backend), pattern, self.scan_count)
         try:
-            cursor = 0
-            while True:
+            for keys, values, pttls, read_ms in reads:
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.stopped = True
                     self.notes.append("redis: stopped at max runtime; the next run scans again")
                     return
                 self.tick()
-                cursor, keys = self.client.scan(cursor, match=pattern, count=self.scan_count)
-                if keys:
-                    self._judge_batch(keys)
-                    if self.progress is not None:
-                        self.progress.advance(len(keys))
-                if cursor == 0:
-                    return
+                self.read_ms = read_ms
+                self.scanned += len(keys)
+                judge = self._judge
+                for key, value, pttl in zip(keys, values, pttls):
+                    if value is None or pttl == -2:
+                        continue  # expired or deleted since SCAN saw it, or not a string
+                    judge(key, value, pttl)
+                if self.progress is not None:
+                    self.progress.advance(len(keys))
         finally:
+            reads.close()
             if self.progress is not None:
                 self.progress.finish()
-
-    def _judge_batch(self, keys: list[bytes]) -> None:
-        for start in range(0, len(keys), READ_KEYS):
-            chunk = keys[start : start + READ_KEYS]
-            self.read_ms = int(time.time() * 1000)
-            replies = self.reader(keys=chunk, client=self.client)
-            self.scanned += len(chunk)
-            for index, key in enumerate(chunk):
-                value, pttl = replies[2 * index], replies[2 * index + 1]
-                if value is None or pttl == -2:
-                    continue  # expired or deleted since SCAN saw it
-                self._judge(key, value, pttl)
 
     def _decode(self, value: bytes) -> dict[str, Any] | None:
         try:
             if self.plain_json and value[:1] == b"{":
-                # The C parser: kombu's loads adds a Python hook per object, which
+                # A C parser: kombu's loads adds a Python hook per object, which
                 # dominated the scan's time. Its extra types (dates, UUIDs) stay
                 # marked dicts, which is all judging and archiving need.
-                meta = json.loads(value)
+                try:
+                    meta = fast_loads(value)
+                except ValueError:  # what orjson refuses (NaN, huge integers) the standard parser reads
+                    meta = json.loads(value)
             else:
                 meta = self.backend.decode(value)
         except Exception:  # noqa: BLE001 - unreadable (other serializer, corrupt): leave it
             return None
         return meta if isinstance(meta, dict) and "status" in meta else None
+
+    def _plan(self, rule: Rule | None, status: str) -> _Plan | None:
+        """How this run treats the results ``rule`` governs (None: the remainder), or None: out of scope."""
+        keep_for = lifetime(rule, self.failure_expires if status == states.FAILURE else self.expires)
+        # --days overrides every lifetime but keep-forever (and sets no TTL).
+        if rule is None:
+            if not self.remainder:
+                return None
+            counts = self.unmatched
+            due_keep = self.days or keep_for
+        elif rule.name in self.selected:
+            counts = self.counts[rule.name]
+            due_keep = None if rule.keep_for is None else (self.days or rule.keep_for)
+        else:
+            return None  # governed by a policy outside this run
+        cutoff = None
+        if due_keep is not None:
+            try:
+                cutoff = self.now - due_keep
+            except OverflowError:  # a lifetime longer than the calendar: never due
+                cutoff = None
+        return counts, rule, keep_for, cutoff
 
     def _judge(self, key: bytes, value: bytes, pttl: int) -> None:
         meta = self._decode(value)
@@ -404,78 +570,96 @@ class Enforcer:
             self.unreadable += 1
             return
         status = str(meta.get("status"))
-        task_id = str(meta.get("task_id") or key[len(self.prefix) :].decode(errors="replace"))
-        found = verdict(
-            self.table,
-            task_id=task_id,
-            task_name=meta.get("name"),
-            status=status,
-            result_text=lambda: record_text(self.backend, meta.get("result")),
-            remainder=self.failure_expires if status == states.FAILURE else self.expires,
-        )
-        rule = found.rule
-        if rule is None:
-            if not self.remainder:
-                return
-            counts = self.unmatched
-        elif rule.name in self.selected:
-            counts = self.counts[rule.name]
-        else:
-            return  # governed by a policy outside this run
-        if found.held:
-            self.held += 1
-            if pttl >= 0:
-                self._change(key, value, "P", 0, counts, ttl=True)
+        task_name = meta.get("name")
+        plan = self.plans.get((task_name, status), _UNKNOWN)
+        if plan is _UNKNOWN:
+            rule = self.table.rule_by_name_status(task_name, status)
+            plan = rule if isinstance(rule, SizeDependent) else self._plan(rule, status)
+            self.plans[(task_name, status)] = plan
+        if isinstance(plan, SizeDependent):
+            rule = self.table.governing(
+                task_name=task_name,
+                status=status,
+                result_text=lambda: record_text(self.backend, meta.get("result")),
+            )
+            plan = self._plan(rule, status)
+        if plan is None:
             return
+        counts, rule, keep_for, cutoff = plan
+        if self.table.held:
+            task_id = str(meta.get("task_id") or key[len(self.prefix) :].decode(errors="replace"))
+            if task_id in self.table.held:
+                self.held += 1
+                if pttl >= 0:
+                    self._change(key, value, "P", counts, ttl=True)
+                return
         done = parse_date(meta.get("date_done"))
-        # How long it is kept in this run (--days overrides every lifetime but keep-forever).
-        if rule is not None:
-            due_keep = None if rule.keep_for is None else (self.days or rule.keep_for)
-        else:
-            due_keep = self.days or found.keep_for
-        if done is not None and due_keep is not None and done + due_keep <= self.now:
+        if done is not None and cutoff is not None and done <= cutoff:
             counts.matched += 1
             counts.bytes += len(value)
             if rule is not None and rule.archive:
                 self._archive(rule, key, value, meta)
             else:
-                self._change(key, value, "D", 0, counts)
+                self._change(key, value, "D", counts)
             return
         # Not due: its TTL should end when its policy says (never with --days).
-        if found.keep_for is None:
+        if keep_for is None:
             if rule is not None and pttl >= 0:
-                self._change(key, value, "P", 0, counts, ttl=True)  # keep-forever or archive policy
+                self._change(key, value, "P", counts, ttl=True)  # keep-forever or archive policy
             return
         if done is None and pttl >= 0:
             return  # no completion date (not finished): a TTL it has stands
-        expire_at = int(((done or self.now) + found.keep_for).timestamp() * 1000)
+        expire_at = int(((done or self.now) + keep_for).timestamp() * 1000)
         if pttl == -1 or abs(self.read_ms + pttl - expire_at) > TOLERANCE_MS:
-            self._change(key, value, "E", expire_at, counts, ttl=True)
+            self._change(key, value, expire_at, counts, ttl=True)
 
-    def _change(self, key: bytes, value: bytes, op: str, at: int, counts: Counts, ttl: bool = False) -> None:
+    def _change(self, key: bytes, value: bytes, op: str | int, counts: Counts, ttl: bool = False) -> None:
+        """Queue a change: "D" delete, "P" persist, or an expiry time (ms since the epoch)."""
         if ttl:
             counts.ttl_wrong += 1
         if self.dry_run:
             return
-        self.changes.append(_Change(key, hashlib.sha1(value).hexdigest(), op, at, counts, len(value)))
+        self.change_keys.append(key)
+        self.change_args += (value, op)
+        self.change_counts.append((counts, op == "D"))
         self.change_bytes += len(value)
-        if len(self.changes) >= MUTATE_KEYS or self.change_bytes >= MUTATE_BYTES:
+        if len(self.change_keys) >= MUTATE_KEYS or self.change_bytes >= MUTATE_BYTES:
             self._flush_changes()
 
     def _flush_changes(self) -> None:
-        changes, self.changes, self.change_bytes = self.changes, [], 0
-        if not changes:
+        """Send the queued changes; the reply is read when the next batch goes, or at the end."""
+        keys, args, counted = self.change_keys, self.change_args, self.change_counts
+        if not keys:
             return
-        done = self._mutate([(c.key, c.sha, c.op, c.at) for c in changes])
-        for change, ok in zip(changes, done):
+        self.change_keys, self.change_args, self.change_counts, self.change_bytes = [], [], [], 0
+        self._collect_changes()
+        if self.change_connection is None:
+            self.change_connection = self.client.connection_pool.get_connection()
+        send(self.change_connection, "EVALSHA", self.changer.sha, len(keys), *keys, *args)
+        self.in_flight = (keys, args, counted)
+
+    def _collect_changes(self) -> None:
+        """Read the reply to the changes in flight and count what was done."""
+        from redis.exceptions import NoScriptError
+
+        if self.in_flight is None:
+            return
+        keys, args, counted = self.in_flight
+        self.in_flight = None
+        try:
+            done = self.change_connection.read_response()
+        except NoScriptError:  # the script cache was flushed meanwhile: nothing was done, send again
+            done = self.changer(keys=keys, args=args, client=self.client)
+        for (counts, deletes), ok in zip(counted, done):
             if not ok:
                 continue  # stored again since it was read: the next run judges it
-            if change.op == "D":
-                change.counts.deleted += 1
+            if deletes:
+                counts.deleted += 1
             else:
-                change.counts.ttl_fixed += 1
+                counts.ttl_fixed += 1
 
     def _mutate(self, items: list[tuple[bytes, str, str, int]]) -> list[int]:
+        """SHA-1-guarded changes: ``(key, sha1 of the value judged, op, at)`` each."""
         keys = [key for key, _sha, _op, _at in items]
         args: list[Any] = []
         for _key, sha, op, at in items:
@@ -639,20 +823,20 @@ def _count(backend: RedisBackend, timeout: float, stop_at: float) -> dict[str, A
         without_ttl = scanned = 0
         cursor = 0
         complete = False
+        counter = client.register_script(COUNT_PERSISTENT_LUA)
         while scanned < FIGURES_KEY_BUDGET and time.monotonic() < stop_at:
             cursor, batch = client.scan(cursor, count=1000)
-            kinds = []
-            pipe = client.pipeline(transaction=False)
+            results = []
             for key in batch:
-                kind = next((name for name, prefix in prefixes if key.startswith(prefix)), "other")
-                kinds.append(kind)
-                if kind != "other":
-                    pipe.pttl(key)
-            ttls = iter(pipe.execute()) if len(pipe) else iter(())
-            for kind in kinds:
-                keys[kind] += 1
-                if kind != "other" and next(ttls) == -1:
-                    without_ttl += 1
+                for kind, prefix in prefixes:
+                    if key.startswith(prefix):
+                        keys[kind] += 1
+                        results.append(key)
+                        break
+                else:
+                    keys["other"] += 1
+            if results:
+                without_ttl += counter(keys=results)
             scanned += len(batch)
             if cursor == 0:
                 complete = True
