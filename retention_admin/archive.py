@@ -274,21 +274,16 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
         # The same snapshot cannot be assumed between the two steps: the fetch
         # re-applies every condition, so a row changed in between is left out
         # (and the next batch's cursor moves past it only if it is still due).
-        # Ordered here, not by the server: sorting 2,500 rows with their records
-        # overflowed work_mem into a temporary file on every read (a third of
-        # the read's time). The key is date_done in microseconds since the epoch,
-        # then id: the order of the pick, whatever the session's time zone.
         fetched = manager.filter(due).extra(
             where=[f"{table}.ctid = ANY(ARRAY({ctids.query.sql_with_params()[0]}))"],
             params=list(ctids.query.sql_with_params()[1]),
-        ).order_by().values_list(
-            RawSQL(f"(extract(epoch from {table}.{qn('date_done')}) * 1000000)::bigint", []),
+        ).order_by("date_done", "id").values_list(
             "id", "task_id", RawSQL(f"{table}.{qn('date_done')}::text", []), size,
             RawSQL(f"row_to_json({table})::text", []),
         )
         return [
             DueRow(pk, task_id, done, nbytes or 0, line[:-1].encode() + tail)
-            for _us, pk, task_id, done, nbytes, line in sorted(fetched, key=_date_done_then_id)
+            for pk, task_id, done, nbytes, line in fetched
         ]
     ids = list(picked.values_list("id", flat=True)[:limit])
     if not ids:
@@ -301,10 +296,6 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
         line = dumps(record_from_row(tuple(values), policy=policy)).encode()
         result.append(DueRow(values[index["id"]], values[index["task_id"]], values[index["date_done"]], nbytes or 0, line))
     return result
-
-
-def _date_done_then_id(row: tuple[Any, ...]) -> tuple[int, Any]:
-    return row[0], row[1]
 
 
 class DueReader:
