@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 from celery import states
 from django.db import connections, router, transaction
-from django.db.models import Count, Q, Sum, Value
+from django.db.models import Case, Count, IntegerField, Q, Sum, Value, When
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
 from . import archive, conf
-from .batches import after_cursor, delete_batch
+from .batches import Batch, after_cursor, delete_batch
 from .celery_config import result_expires
 from .leases import Lease, LeaseBusy, make_holder
 from .matching import Governance, Rule, row_bytes_expression
@@ -199,6 +199,9 @@ class _Executor:
         self.failures: list[str] = []
         self.stopped = False
         self.lease: Lease | None = None
+        # Every lease the current work holds (a sweep holds one per scope).
+        self.leases: list[Lease] = []
+        self.groups_deleted = self.chords_deleted = 0
         self.cleanup_run: CleanupRun | None = None
 
     # -- bookkeeping -------------------------------------------------------
@@ -250,26 +253,26 @@ class _Executor:
                 self._refresh_sqlite_statistics()
             governance = Governance.load()
             rules = self._selected_rules(governance)
+            # Plain deletion scopes share one walk of the date_done index (_sweep);
+            # archive policies and keep-forever ones are handled one by one.
+            sweep: list[tuple[str, Rule | None, ScopeResult]] = []
             # --backend redis: the database's results are not touched.
             for rule in rules if self.options.backend != "redis" else []:
                 result = ScopeResult()
                 scoped.append((rule, result))
                 scopes += 1
-                self._in_lease(
-                    f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result)
-                )
+                if rule.archive or rule.cutoff(self.now, self.days) is None:
+                    self._in_lease(
+                        f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result)
+                    )
+                else:
+                    sweep.append((f"policy:{rule.name}", rule, result))
             if self.selection.includes_remainder and self.options.backend != "redis":
                 scopes += 1
-
-                def remainder() -> None:
-                    nonlocal groups, chords
-                    # Chord counters first: judging them needs their header results,
-                    # which the remainder may be about to delete.
-                    chords = self._clean_chord_counters()
-                    self._clean_remainder(governance, unmatched)
-                    groups = self._clean_groups()
-
-                self._in_lease(REMAINDER_SCOPE, remainder)
+                sweep.append((REMAINDER_SCOPE, None, unmatched))
+            if sweep:
+                self._in_leases([scope for scope, _rule, _result in sweep], partial(self._sweep, governance, sweep))
+            groups, chords = self.groups_deleted, self.chords_deleted
             if self.options.backend != "database":
                 redis_report = self._clean_redis(governance, rules)
                 scopes += redis_report is not None
@@ -373,25 +376,46 @@ class _Executor:
         }
 
     def _in_lease(self, scope: str, work: Any) -> None:
+        self._in_leases([scope], lambda _held: work())
+
+    def _in_leases(self, scopes: list[str], work: Any) -> None:
+        """Run ``work(held_scopes)`` holding the lease of every scope that is free.
+
+        A busy scope is reported and left out; with none free nothing runs.
+        """
         if self.stopped:
-            self.notes.append(f"{scope}: not started, max runtime reached")
+            self.notes.extend(f"{scope}: not started, max runtime reached" for scope in scopes)
             return
-        lease = Lease(scope, self.holder, self.lease_seconds, using=self.records_db)
+        held: list[Lease] = []
         try:
-            lease.acquire()
-        except LeaseBusy as busy:
-            self.busy.append(scope)
-            self.notes.append(f"skipped {busy}")
-            logger.warning("cleanup skipped %s", busy)
-            return
-        self.lease = lease
-        try:
-            work()
-        except _Stop:
-            self.stopped = True
-            self.notes.append(f"{scope}: stopped at max runtime; the next run continues")
+            for scope in scopes:
+                lease = Lease(scope, self.holder, self.lease_seconds, using=self.records_db)
+                try:
+                    lease.acquire()
+                except LeaseBusy as busy:
+                    self.busy.append(scope)
+                    self.notes.append(f"skipped {busy}")
+                    logger.warning("cleanup skipped %s", busy)
+                    continue
+                held.append(lease)
+            if not held:
+                return
+            self.lease, self.leases = held[0], held
+            try:
+                work([lease.scope for lease in held])
+            except _Stop:
+                self.stopped = True
+                self.notes.extend(
+                    f"{lease.scope}: stopped at max runtime; the next run continues" for lease in held
+                )
         finally:
-            lease.release()
+            for lease in held:
+                lease.release()
+            self.lease, self.leases = None, []
+
+    def _renew(self) -> None:
+        for lease in self.leases:
+            lease.renew()
 
     # -- the work ---------------------------------------------------------
     def _held(self, column: str = "task_id") -> Q:
@@ -583,13 +607,44 @@ class _Executor:
                 f"{rule.name}: finished archive batch {batch.pk} left by an interrupted run ({deleted} rows deleted)"
             )
 
-    def _clean_remainder(self, governance: Governance, result: ScopeResult) -> None:
-        expires = self._remainder_expires()
-        if expires is None:
-            self.notes.append("unmatched: result_expires is None, so unmatched results are kept")
-            return
-        due = governance.remainder_q() & Q(date_done__lt=self.now - expires)
-        self._delete_due(TaskResult, due, result, label="unmatched")
+    def _sweep(
+        self, governance: Governance, scopes: list[tuple[str, Rule | None, ScopeResult]], held: list[str]
+    ) -> None:
+        """Delete what is due in every held scope (plain policies, the remainder) in one walk.
+
+        The scopes' due sets are disjoint (one governing policy per result), so
+        one DELETE per batch can take the rows of all of them, each row counted
+        for its own scope.
+        """
+        remainder = REMAINDER_SCOPE in held
+        if remainder:
+            # Chord counters first: judging them needs their header results,
+            # which the remainder may be about to delete.
+            self.chords_deleted = self._clean_chord_counters()
+        parts: list[tuple[str, Q, ScopeResult]] = []
+        cutoffs: list[datetime] = []
+        for scope, rule, result in scopes:
+            if scope not in held:
+                continue
+            if rule is not None:
+                cutoff = rule.cutoff(self.now, self.days)
+                assert cutoff is not None  # keep-forever policies are not swept
+                parts.append((rule.name, governance.governed_q(rule) & Q(date_done__lt=cutoff), result))
+                cutoffs.append(cutoff)
+                continue
+            expires = self._remainder_expires()
+            if expires is None:
+                self.notes.append("unmatched: result_expires is None, so unmatched results are kept")
+                continue
+            parts.append(("unmatched", governance.remainder_q() & Q(date_done__lt=self.now - expires), result))
+            cutoffs.append(self.now - expires)
+        if parts:
+            # The latest cutoff bounds the walk as an index condition: the planner
+            # does not take one from the OR of the scopes' own cutoffs, and without
+            # it the last batch walked every row that is not due yet.
+            self._delete_scopes(TaskResult, parts, bound=Q(date_done__lt=max(cutoffs)))
+        if remainder:
+            self.groups_deleted = self._clean_groups()
 
     def _remainder_expires(self) -> timedelta | None:
         return timedelta(days=self.days) if self.days is not None else result_expires()
@@ -601,31 +656,62 @@ class _Executor:
     def _delete_due(
         self, model: Any, due: Q, result: ScopeResult, label: str, held_column: str = "task_id"
     ) -> None:
-        due = due & ~self._held(held_column)
+        self._delete_scopes(model, [(label, due, result)], held_column)
+
+    def _delete_scopes(
+        self,
+        model: Any,
+        parts: list[tuple[str, Q, ScopeResult]],
+        held_column: str = "task_id",
+        bound: Q | None = None,
+    ) -> None:
+        """Delete the due rows of one or more disjoint scopes ((label, due, result) each).
+
+        ``bound``: a condition every due row meets (the latest cutoff), added to the
+        walk so the database can stop where the due rows end.
+        """
+        held = ~self._held(held_column)
         if self.dry_run:
-            if model is TaskResult:
-                result.matched, result.bytes = self._measure(due)
-            else:
-                result.matched = model.objects.using(self.db).filter(due).count()
+            for _label, due, result in parts:
+                if model is TaskResult:
+                    result.matched, result.bytes = self._measure(due & held)
+                else:
+                    result.matched = model.objects.using(self.db).filter(due & held).count()
             return
+        due = Q()
+        for _label, part_due, _result in parts:
+            due |= part_due
+        due = due & held & (bound or Q())
+        # Each row's scope, by its index in ``parts`` (a constant for a single scope).
+        if len(parts) == 1:
+            label: Any = Value(0, output_field=IntegerField())
+        else:
+            label = Case(
+                *[When(part_due, then=Value(index)) for index, (_l, part_due, _r) in enumerate(parts)],
+                default=Value(-1),
+                output_field=IntegerField(),
+            )
         total = None
         if self.progress is not None and self.progress.wants_totals:
             total = model.objects.using(self.db).filter(due).count()
         if self.progress is not None:
-            self.progress.start(label, total)
+            self.progress.start(", ".join(name for name, _due, _result in parts), total)
         try:
-            for deleted, size in self._batches(model, due):
-                result.matched += deleted
-                result.deleted += deleted
-                result.bytes += size
+            for batch in self._batches(model, due, label):
+                for index, (deleted, size) in batch.by_label.items():
+                    # -1 cannot happen (the rows deleted are those of some scope).
+                    result = parts[index][2]
+                    result.matched += deleted
+                    result.deleted += deleted
+                    result.bytes += size
                 if self.progress is not None:
-                    self.progress.advance(deleted)
+                    self.progress.advance(batch.deleted)
         finally:
             if self.progress is not None:
                 self.progress.finish()
 
-    def _batches(self, model: Any, due: Q) -> Iterator[tuple[int, int]]:
-        """Delete the due rows batch by batch; yield (deleted, estimated bytes) per batch.
+    def _batches(self, model: Any, due: Q, label: Any = None) -> Iterator[Batch]:
+        """Delete the due rows batch by batch; yield each batch (counts per label).
 
         A keyset cursor on (date_done, id) starts each batch where the last ended:
         scanning from the oldest row again would wade through the index entries of
@@ -639,12 +725,11 @@ class _Executor:
             self._check_time()
             if after is not None and self.sleep_seconds:
                 time.sleep(self.sleep_seconds)
-            assert self.lease is not None
-            self.lease.renew()
-            batch = delete_batch(model, due, self.db, self.batch_size, after, size)
+            self._renew()
+            batch = delete_batch(model, due, self.db, self.batch_size, after, size, label)
             if batch.deleted:
                 after = batch.last
-                yield batch.deleted, batch.bytes
+                yield batch
             if batch.deleted < self.batch_size:
                 # The due rows past the cursor are used up. (A batch also comes back
                 # short when rows changed after they were picked: what is due behind
@@ -734,8 +819,7 @@ class _Executor:
             if self.dry_run:
                 would_delete += counters.filter(orphans).count()
                 continue
-            assert self.lease is not None
-            self.lease.renew()
+            self._renew()
             with transaction.atomic(using=self.db):
                 deleted += counters.filter(orphans).delete()[0]
         if not self.dry_run:

@@ -183,10 +183,85 @@ def test_batches_are_separate_deletes_in_date_done_order(make_result):
     with CaptureQueriesContext(connection) as queries:
         report = run(batch_size=3).report
     deletes = [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"]]
-    # The remainder: 3 + 3 + 1 (a short batch ends the scope); failures-7d: one, empty.
-    assert len([d for d in deletes if "taskresult" in d]) == 4
+    # failures-7d and the remainder share one walk: 3 + 3 + 1 (a short batch ends it).
+    assert len([d for d in deletes if "taskresult" in d]) == 3
     assert all("ORDER BY" in d and "date_done" in d for d in deletes if "taskresult" in d)
     assert report["unmatched"]["deleted"] == 7
+
+
+def test_policies_and_remainder_share_one_walk_each_counted_for_itself(make_result):
+    """One DELETE per batch serves every plain scope; each keeps its own cutoff and count."""
+    policy("reports-2d", task_name_pattern="reports.*", keep_for=2 * DAY, priority=1)
+    policy("mail-10d", task_name_pattern="mail.*", keep_for=10 * DAY, priority=2)
+    policy("audit-forever", task_name_pattern="audit.*", keep_for=None, priority=3)
+    for i in range(12):
+        age = (i + 0.5) * DAY
+        make_result(task_id=f"r{i}", task_name="reports.build", age=age)
+        make_result(task_id=f"m{i}", task_name="mail.send", age=age)
+        make_result(task_id=f"a{i}", task_name="audit.log", age=age)
+        make_result(task_id=f"x{i}", task_name="misc.job", age=age)
+    RetentionHold.objects.create(task_id="r7", reason="kept for a ticket")
+    with CaptureQueriesContext(connection) as queries:
+        report = run(batch_size=5).report
+    deletes = [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"] and "taskresult" in q["sql"]]
+
+    reports_kept = {f"r{i}" for i in range(2)} | {"r7"}
+    mail_kept = {f"m{i}" for i in range(10)}
+    misc_kept = {"x0"}  # result_expires is one day in the test project
+    assert ids_left() == reports_kept | mail_kept | misc_kept | {f"a{i}" for i in range(12)}
+    by_name = {p["name"]: p for p in report["policies"]}
+    assert by_name["reports-2d"]["deleted"] == 9
+    assert by_name["mail-10d"]["deleted"] == 2
+    assert by_name["audit-forever"]["deleted"] == 0
+    assert report["unmatched"] == {"matched": 11, "deleted": 11}
+    assert report["totals"]["deleted"] == 22
+    # 22 rows in batches of 5: five DELETEs for all scopes together, not one walk each.
+    assert len(deletes) == 5
+    assert by_name["reports-2d"]["bytes"] > 0 and by_name["mail-10d"]["bytes"] > 0
+
+
+def test_a_busy_scope_is_left_out_of_the_shared_walk(make_result):
+    policy("reports-2d", task_name_pattern="reports.*", keep_for=2 * DAY, priority=1)
+    make_result(task_id="r", task_name="reports.build", age=5 * DAY)
+    make_result(task_id="x", task_name="misc.job", age=5 * DAY)
+    CleanupLease.objects.create(
+        scope="policy:reports-2d", holder="otherhost:9:z", expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    run_ = run()
+    assert run_.status == "partial"
+    assert run_.options["busy"] == ["policy:reports-2d"]
+    assert ids_left() == {"r"}  # the busy policy's result waits; the remainder's went
+    assert CleanupLease.objects.filter(holder="").count() >= 2  # the others' leases released
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_delete_batches_commit_without_waiting_for_the_disk(make_result, vendor):
+    from django.db import transaction
+
+    if vendor != "postgresql":
+        pytest.skip("synchronous_commit is a PostgreSQL setting")
+    for i in range(5):
+        make_result(task_id=f"t{i}", age=3 * DAY)
+    with CaptureQueriesContext(connection) as queries:
+        run(batch_size=2)
+    statements = [q["sql"] for q in queries.captured_queries]
+    deletes = [i for i, sql in enumerate(statements) if sql.startswith("WITH deleted")]
+    assert len([i for i in deletes if "taskresult" in statements[i]]) == 3  # and one of group results
+    assert all(statements[i - 1] == "SET LOCAL synchronous_commit TO OFF" for i in deletes)
+    with connection.cursor() as cursor:  # local to each batch: the session keeps its setting
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert ids_left() == set()
+
+    # Inside a caller's transaction the setting would outlive the batch: not used.
+    make_result(task_id="late", age=3 * DAY)
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        run()
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
+    assert not any("synchronous_commit TO OFF" in q["sql"] for q in queries.captured_queries)
+    assert ids_left() == set()
 
 
 def test_max_runtime_stops_cleanly_and_the_next_run_continues(make_result):
@@ -324,7 +399,7 @@ def test_chord_counters_are_judged_before_their_header_results_are_deleted(make_
 
 def test_select_then_delete_fallback_for_databases_without_delete_returning(make_result):
     # MySQL has no DELETE ... RETURNING; its path is plain ORM, so it runs anywhere.
-    from django.db.models import Value
+    from django.db.models import Case, IntegerField, Value, When
 
     from retention_admin import batches
 
@@ -333,9 +408,11 @@ def test_select_then_delete_fallback_for_databases_without_delete_returning(make
     due = Q(date_done__lt=timezone.now() - DAY)
     picked = TaskResult.objects.filter(due).order_by("date_done", "id")
 
-    batch = batches._select_then_delete(picked, due, 2, Value(7))
+    label = Case(When(task_id="t2", then=Value(1)), default=Value(0), output_field=IntegerField())
+    batch = batches._select_then_delete(picked, due, 2, Value(7), label)
 
     assert batch.deleted == 2 and batch.bytes == 14
+    assert batch.by_label == {1: (1, 7), 0: (1, 7)}  # counted per scope
     assert ids_left() == {"t0", "recent"}  # the two oldest went first
     assert batch.last == (made[1].date_done, made[1].pk)  # the newer of the two: the cursor
 
@@ -352,16 +429,21 @@ def test_batch_size_and_pause_default_per_database(make_result):
     assert (run(batch_size=3, sleep_seconds=0.0).options["batch_size"]) == 3
 
 
-def test_a_run_that_fails_midway_still_reports_what_it_deleted(make_result):
+def test_a_run_that_fails_midway_still_reports_what_it_deleted(make_result, archive_dir):
     from retention_admin.executor import CleanupFailed
 
-    policy("first", task_name_pattern="a.*", keep_for=DAY, priority=1)
+    # Archive policies run one by one before the shared walk of the plain ones.
+    policy("first", task_name_pattern="a.*", keep_for=DAY, priority=1, archive=True)
     policy("broken", task_name_pattern="b.*", keep_for=DAY, priority=2)
     RetentionPolicy.objects.filter(name="broken").update(task_name_pattern="b.[x")
     make_result(task_id="a", task_name="a.x", age=3 * DAY)
+    make_result(task_id="x", task_name="x.y", age=3 * DAY)
     with pytest.raises(CleanupFailed) as excinfo:
         run()
     recorded = excinfo.value.run
     assert recorded.status == "failed" and recorded.deleted == 1
     assert recorded.report["policies"][0]["deleted"] == 1
-    assert ids_left() == set()
+    assert "is never closed" in recorded.error
+    # The shared walk never started: with a policy that cannot be read, nothing
+    # can tell which results it governs, so the remainder keeps its result too.
+    assert ids_left() == {"x"}
