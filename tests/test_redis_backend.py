@@ -234,3 +234,52 @@ def test_w006_stock_redis_backend_while_policies_exist(redis_app):
     RetentionPolicy.objects.update(enabled=False)
     app.conf.result_backend = REDIS_URL
     assert checks.check_stock_redis_backend() == []
+
+
+def test_the_memo_by_task_name_and_status_agrees_with_the_matcher(db):
+    import itertools
+
+    from retention_admin.matching import Governance, Rule
+    from retention_admin.redis_policies import SIZE_DEPENDENT, PolicyTable
+
+    rules = [
+        Rule("big-reports", 1, task_name_pattern="reports.*", min_result_bytes=100, keep_for=DAY),
+        Rule("failed-api", 2, task_name_pattern="api.*", statuses=("FAILURE",), keep_for=2 * DAY),
+        Rule("big-any", 3, min_result_bytes=1000, keep_for=3 * DAY),
+        Rule("api", 4, task_name_pattern="api.*", keep_for=4 * DAY),
+        Rule("jobs", 5, task_name_pattern="jobs.*", keep_for=None),
+    ]
+    governance = Governance(rules)
+    table = PolicyTable(governance, frozenset(), time.monotonic())
+    names = [None, "reports.daily", "api.fetch", "jobs.resize", "other"]
+    sizes = ["", "x" * 150, "x" * 1500]
+    for _round, name, status, text in itertools.product(range(2), names, ("SUCCESS", "FAILURE"), sizes):
+        expected = governance.governing(task_name=name, status=status, result=text)
+        assert table.governing(task_name=name, status=status, result_text=lambda t=text: t) == expected
+    # Name and status decide for failed api results; a size matcher ahead decides for the rest.
+    assert table.rule_by_name_status("api.fetch", "FAILURE") == rules[1]
+    assert table.rule_by_name_status("api.fetch", "SUCCESS") is SIZE_DEPENDENT
+    assert table.rule_by_name_status("reports.daily", "FAILURE") is SIZE_DEPENDENT
+    # The result's text is built only when a size matcher decides.
+    built: list[str] = []
+    table.governing(task_name="api.fetch", status="FAILURE", result_text=lambda: built.append("x") or "")
+    assert built == []
+
+
+def test_a_new_policy_table_starts_with_an_empty_memo(redis_app, redis_client):
+    backend = app.backend
+    api = policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0.3}):
+        store("first", "api.fetch")
+        first = backend.policies.table()
+        assert first.memo[("api.fetch", states.SUCCESS)].keep_for == timedelta(hours=6)
+        api.keep_for = timedelta(hours=2)
+        api.save()
+        time.sleep(0.35)
+        store("second", "api.fetch")
+        second = backend.policies.table()
+    # The remembered verdicts went with the old table.
+    assert second is not first
+    assert second.memo == {("api.fetch", states.SUCCESS): second.governance.rules[0]}
+    assert second.governance.rules[0].keep_for == timedelta(hours=2)
+    assert_ttl(redis_client, "second", 2 * HOUR_MS)

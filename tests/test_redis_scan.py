@@ -419,3 +419,135 @@ def test_fanned_out_tier_scans_redis_once_and_leaves_the_database_to_its_policy_
     redis_run = CleanupRun.objects.get(pk=report["redis"]["run"])
     assert redis_run.parent_id == report["run"]
     assert not redis_client.exists(key("failed"))
+
+
+def test_a_change_is_not_made_to_a_key_stored_again_between_read_and_change(redis_app, redis_client):
+    # The scan's changes compare the value they judged; the change is sent before
+    # its reply is read, and a value stored again meanwhile must be left alone.
+    old = put(redis_client, "rerun", "jobs.resize", age=2 * DAY)
+    kept = put(redis_client, "kept", "jobs.resize", age=2 * DAY)
+    enforcer = redis_scan.Enforcer(
+        app.backend, redis_scan.Governance([]), rules=[], remainder=True, now=timezone.now()
+    )
+    enforcer.client = redis_scan.connect(app.backend)
+    enforcer.changer = enforcer.client.register_script(redis_scan.CHANGE_LUA)
+    enforcer.client.script_load(redis_scan.CHANGE_LUA)
+    later = int((timezone.now() + DAY).timestamp() * 1000)
+    enforcer._change(key("rerun"), old, "D", enforcer.unmatched)
+    enforcer._change(key("kept"), kept, later, enforcer.unmatched, ttl=True)
+    put(redis_client, "rerun", "jobs.resize")  # re-run: a new value, no TTL
+    put(redis_client, "kept", "jobs.resize", ttl_ms=HOUR_MS)
+    enforcer._flush_changes()
+    enforcer._collect_changes()
+    assert redis_client.exists(key("rerun")) and redis_client.exists(key("kept"))
+    assert 0 < redis_client.pttl(key("kept")) <= HOUR_MS  # its own TTL, not the stale one
+    assert (enforcer.unmatched.deleted, enforcer.unmatched.ttl_fixed) == (0, 0)
+    # The value as it is now is changed.
+    current = redis_client.get(key("rerun"))
+    enforcer._change(key("rerun"), current, "D", enforcer.unmatched)
+    enforcer._flush_changes()
+    enforcer._collect_changes()
+    assert not redis_client.exists(key("rerun")) and enforcer.unmatched.deleted == 1
+    enforcer.client.close()
+
+
+def test_changes_are_sent_again_when_the_script_cache_was_flushed(redis_app, redis_client):
+    value = put(redis_client, "old", "jobs.resize", age=2 * DAY)
+    enforcer = redis_scan.Enforcer(
+        app.backend, redis_scan.Governance([]), rules=[], remainder=True, now=timezone.now()
+    )
+    enforcer.client = redis_scan.connect(app.backend)
+    enforcer.changer = enforcer.client.register_script(redis_scan.CHANGE_LUA)
+    # A script Redis does not know (as after SCRIPT FLUSH, which would disturb the
+    # other sessions on this server): EVALSHA answers NOSCRIPT and nothing was done.
+    enforcer.changer.sha = "0" * 40
+    enforcer._change(key("old"), value, "D", enforcer.unmatched)
+    try:
+        enforcer._flush_changes()
+        enforcer._collect_changes()
+    finally:
+        enforcer.change_connection.disconnect()
+        enforcer.client.close()
+    assert not redis_client.exists(key("old")) and enforcer.unmatched.deleted == 1
+    assert enforcer.changer.sha == redis_scan.hashlib.sha1(redis_scan.CHANGE_LUA.encode()).hexdigest()
+
+
+def test_many_keys_are_read_ahead_and_all_judged_once(redis_app, redis_client, monkeypatch):
+    # Small batches: several SCAN batches, several reads each, the read-ahead queue full.
+    monkeypatch.setattr(redis_scan, "READ_KEYS", 7)
+    monkeypatch.setattr(redis_scan, "MUTATE_KEYS", 5)
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(300):
+        meta = {"status": "SUCCESS", "result": n, "traceback": None, "children": [],
+                "date_done": (timezone.now() - (2 * DAY if n % 2 else timedelta(hours=1))).isoformat(),
+                "name": "jobs.resize", "task_id": f"many-{n}"}
+        pipe.set(key(f"many-{n}"), json.dumps(meta))
+    pipe.rpush(key("a-list"), b"not a string")  # another type under the prefix: skipped
+    pipe.execute()
+    with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "REDIS_SCAN_COUNT": 40}):
+        report = cleanup("--backend", "redis")
+    unmatched = report["redis"]["unmatched"]
+    assert report["redis"]["scanned"] >= 301
+    assert (unmatched["matched"], unmatched["deleted"]) == (150, 150)
+    assert (unmatched["ttl_wrong"], unmatched["ttl_fixed"]) == (150, 150)
+    assert redis_client.type(key("a-list")) == b"list"
+    left = [k for k in redis_client.scan_iter(match=f"{PREFIX}celery-task-meta-many-*")]
+    assert len(left) == 150 and all(redis_client.pttl(k) > 0 for k in left)
+
+
+def test_max_runtime_stops_the_read_ahead_thread(redis_app, redis_client):
+    from retention_admin.matching import Governance
+
+    for n in range(50):
+        put(redis_client, f"job-{n}", "jobs.resize", age=2 * DAY)
+    before = {t.ident for t in threading.enumerate()}
+    governance = Governance.load()
+    enforcer = redis_scan.Enforcer(
+        app.backend, governance, rules=governance.rules, remainder=True, now=timezone.now(),
+        deadline=time.monotonic() - 1,
+    )
+    report = enforcer.run()
+    assert report["stopped"] and report["scanned"] == 0
+    assert len(redis_client.keys(f"{PREFIX}celery-task-meta-job-*")) == 50
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.name == "retention-redis-scan"]
+
+
+def test_values_the_fast_parser_refuses_are_still_judged(redis_app, redis_client):
+    # NaN is valid for Python's json module (and kombu writes it); orjson refuses it.
+    value = json.dumps({"status": "SUCCESS", "result": float("nan"), "traceback": None, "children": [],
+                        "date_done": (timezone.now() - 2 * DAY).isoformat(), "name": "jobs.resize",
+                        "task_id": "nan"})
+    redis_client.set(key("nan"), value)
+    report = cleanup("--backend", "redis")
+    assert report["redis"]["unmatched"]["deleted"] == 1 and report["redis"]["unreadable"] == 0
+
+
+def test_a_policy_change_applies_to_the_next_enforcer_run(redis_app, redis_client):
+    api = policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    put(redis_client, "api", "api.fetch", age=timedelta(hours=1))
+    cleanup("--backend", "redis")
+    assert 5 * HOUR_MS - 10_000 <= redis_client.pttl(key("api")) <= 5 * HOUR_MS
+    api.keep_for = timedelta(hours=3)
+    api.save()
+    report = cleanup("--backend", "redis")
+    assert by_name(report, "t-api")["ttl_fixed"] == 1
+    assert 2 * HOUR_MS - 10_000 <= redis_client.pttl(key("api")) <= 2 * HOUR_MS
+    api.enabled = False
+    api.save()
+    report = cleanup("--backend", "redis")  # now the remainder: result_expires (1 day)
+    assert report["redis"]["unmatched"]["ttl_fixed"] == 1
+    assert 23 * HOUR_MS - 10_000 <= redis_client.pttl(key("api")) <= 23 * HOUR_MS
+
+
+def test_size_matchers_decide_only_where_name_and_status_do_not(redis_app, redis_client):
+    policy("t-big", priority=1, task_name_pattern="reports.*", min_result_bytes=1000, keep_for=timedelta(hours=2))
+    policy("t-reports", priority=2, task_name_pattern="reports.*", keep_for=timedelta(hours=10))
+    policy("t-api", priority=3, task_name_pattern="api.*", keep_for=timedelta(hours=6))
+    put(redis_client, "big", "reports.daily", age=timedelta(hours=1), result="x" * 2000)
+    put(redis_client, "small", "reports.daily", age=timedelta(hours=1), result="x")
+    put(redis_client, "api", "api.fetch", age=timedelta(hours=1), result="x" * 2000)
+    report = cleanup("--backend", "redis")
+    assert by_name(report, "t-big")["ttl_fixed"] == 1 and by_name(report, "t-reports")["ttl_fixed"] == 1
+    assert 1 * HOUR_MS - 10_000 <= redis_client.pttl(key("big")) <= 1 * HOUR_MS
+    assert 9 * HOUR_MS - 10_000 <= redis_client.pttl(key("small")) <= 9 * HOUR_MS
+    assert 5 * HOUR_MS - 10_000 <= redis_client.pttl(key("api")) <= 5 * HOUR_MS
