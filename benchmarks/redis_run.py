@@ -11,8 +11,10 @@ written while ``result_expires`` was None). Then, each in its own process:
   archives), called for real.
 
 Reported: wall time, keys/s, the ratio, peak RSS of the process (and of the enforcer
-on a tenth of the keys, to see that memory stays flat), and every SLOWLOG entry of
-either client (each process names its connection). Write path: the stock Celery
+on a tenth of the keys, to see that memory stays flat), every SLOWLOG entry of
+either client (each process names its connection), and where the time went: CPU
+seconds of the process (all its threads) and of the Redis server during each
+method, and Redis's time per command (INFO commandstats, before and after). Write path: the stock Celery
 RedisBackend vs RetentionRedisBackend storing the same results, interleaved rounds,
 median cost per result.
 
@@ -32,6 +34,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -154,10 +157,17 @@ def django_child_env() -> dict[str, str]:
 # -- the two methods, each in its own process ----------------------------------------
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_keys_loop(db: int) -> dict[str, Any]:
     import redis
 
     client = redis.Redis.from_url(url(db), client_name=CLIENT_NAMES["keys-loop"])
+    cpu = cpu_seconds()
     started = time.monotonic()
     now = time.time()
     deleted = expired = seen = 0
@@ -179,6 +189,7 @@ def child_keys_loop(db: int) -> dict[str, Any]:
             expired += 1
     return {
         "seconds": time.monotonic() - started,
+        "cpu_s": cpu_seconds() - cpu,
         "keys": seen,
         "deleted": deleted,
         "ttl_set": expired,
@@ -196,14 +207,17 @@ def child_enforcer(db: int) -> dict[str, Any]:
 
     app.conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{url(db)}"
     app.conf.redis_client_name = CLIENT_NAMES["enforcer"]
+    cpu = cpu_seconds()
     started = time.monotonic()
     out = io.StringIO()
     call_command("cleanup_results", "--backend", "redis", "--json", "--no-progress", stdout=out)
     seconds = time.monotonic() - started
+    cpu = cpu_seconds() - cpu
     report = json.loads(out.getvalue())
     redis_report = report["redis"]
     return {
         "seconds": seconds,
+        "cpu_s": cpu,
         "keys": redis_report["scanned"],
         "deleted": redis_report["totals"]["deleted"],
         "archived": redis_report["totals"]["archived"],
@@ -219,6 +233,7 @@ def run_child(method: str, db: int) -> dict[str, Any]:
 
     client = redis.Redis.from_url(url(db))
     since = int(client.time()[0])
+    server_cpu, commands = _server_cpu(client), _command_usec(client)
     proc = subprocess.run(
         [sys.executable, __file__, "--child", method, "--db", str(db)],
         cwd=ROOT, env=django_child_env(), capture_output=True, text=True, check=False,
@@ -226,6 +241,12 @@ def run_child(method: str, db: int) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed:\n{proc.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The server's CPU and its time per command while the method ran (the server
+    # is shared: other sessions' commands, if any, are counted too).
+    result["redis_cpu_s"] = _server_cpu(client) - server_cpu
+    after = _command_usec(client)
+    spent = {name: (usec - commands.get(name, 0)) / 1e6 for name, usec in after.items()}
+    result["redis_command_s"] = dict(sorted(((n, s) for n, s in spent.items() if s >= 0.001), key=lambda i: -i[1]))
     slow = [
         {"ms": entry["duration"] / 1000, "command": _command_text(entry)}
         for entry in client.slowlog_get(128)
@@ -237,6 +258,19 @@ def run_child(method: str, db: int) -> dict[str, Any]:
     result["keys_left"] = client.dbsize()
     client.close()
     return result
+
+
+def _server_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _command_usec(client: Any) -> dict[str, int]:
+    """Microseconds Redis spent in each command so far (a script's inner commands count twice)."""
+    return {
+        name.removeprefix("cmdstat_"): int(stats["usec"])
+        for name, stats in client.info("commandstats").items()
+    }
 
 
 def _client_name(entry: dict[str, Any]) -> str:
@@ -354,6 +388,15 @@ def render(results: dict[str, Any]) -> str:
             f"{b['deleted']:,} deleted, {b['ttl_set']:,} TTLs set, {b['slowlog_entries']} SLOWLOG entries): "
             f"{(b['keys'] / b['seconds']) / (a['keys'] / a['seconds']):.2f}x the loop's rate per key.",
         ]
+    if "cpu_s" in e["enforcer"] and "redis_cpu_s" in e["enforcer"]:
+        lines += ["", "Where the time went (CPU seconds of the method's process, all threads / of the Redis server; Redis's time in the largest commands):", ""]
+        for label, key in (("KEYS loop", "keys_loop"), ("enforcer", "enforcer"), ("KEYS loop, second pass", "keys_loop_again"), ("enforcer, second pass", "enforcer_again")):
+            r = e.get(key)
+            if not r or "cpu_s" not in r:
+                continue
+            top = ", ".join(f"{name} {sec:.2f} s" for name, sec in list(r.get("redis_command_s", {}).items())[:5])
+            lines.append(f"* {label}: {r['seconds']:.1f} s wall; process {r['cpu_s']:.1f} s CPU, Redis {r['redis_cpu_s']:.1f} s CPU ({top})")
+        lines += ["", "(enforcer: SCAN walks the keys, MGET reads the values, EVAL the TTLs, EVALSHA makes the guarded changes; a script's inner GET/PTTL/UNLINK are counted again under their own names.)"]
     small = results.get("enforcer_small")
     if small:
         lines += [
