@@ -62,10 +62,10 @@ DEFAULT_SOCKET_TIMEOUT = 30.0
 TOLERANCE_MS = 5000
 # Keys and bytes per Lua call: each call compares (or hashes) the values it
 # checks, so both are bounded to keep every call far below SLOWLOG's default 10 ms.
-MUTATE_KEYS = 400
+MUTATE_KEYS = 100
 MUTATE_BYTES = 256 << 10
 # Keys per read (values and TTLs of part of a SCAN batch, in one round trip).
-READ_KEYS = 1000
+READ_KEYS = 250
 # Reads done ahead of the judging: enough to keep Redis busy, few enough to keep memory flat.
 READ_AHEAD = 2
 # Archive records handed to the archive writer at a time.
@@ -571,6 +571,9 @@ class Enforcer:
             return
         status = str(meta.get("status"))
         task_name = meta.get("name")
+        if task_name is not None and not isinstance(task_name, str):
+            self.unreadable += 1  # not a result Celery wrote: leave it
+            return
         plan = self.plans.get((task_name, status), _UNKNOWN)
         if plan is _UNKNOWN:
             rule = self.table.rule_by_name_status(task_name, status)

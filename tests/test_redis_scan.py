@@ -512,14 +512,19 @@ def test_max_runtime_stops_the_read_ahead_thread(redis_app, redis_client):
     assert not [t for t in threading.enumerate() if t.ident not in before and t.name == "retention-redis-scan"]
 
 
-def test_values_the_fast_parser_refuses_are_still_judged(redis_app, redis_client):
+def test_values_the_fast_parser_refuses_are_still_judged_and_odd_names_left_alone(redis_app, redis_client):
     # NaN is valid for Python's json module (and kombu writes it); orjson refuses it.
     value = json.dumps({"status": "SUCCESS", "result": float("nan"), "traceback": None, "children": [],
                         "date_done": (timezone.now() - 2 * DAY).isoformat(), "name": "jobs.resize",
                         "task_id": "nan"})
     redis_client.set(key("nan"), value)
+    # A task name that is not a string: no policy can match it, the key is left alone.
+    odd = json.loads(value.replace("NaN", "1"))
+    odd["name"] = ["jobs", "resize"]
+    redis_client.set(key("odd"), json.dumps(odd))
     report = cleanup("--backend", "redis")
-    assert report["redis"]["unmatched"]["deleted"] == 1 and report["redis"]["unreadable"] == 0
+    assert report["redis"]["unmatched"]["deleted"] == 1 and report["redis"]["unreadable"] == 1
+    assert redis_client.exists(key("odd")) and not redis_client.exists(key("nan"))
 
 
 def test_a_policy_change_applies_to_the_next_enforcer_run(redis_app, redis_client):
