@@ -1,8 +1,8 @@
 """Redis: the SCAN enforcer that brings result keys in line with their policies, and Redis figures.
 
 The enforcer walks ``celery-task-meta-*`` (with ``global_keyprefix``) by ``SCAN``,
-never ``KEYS``, reading each batch's values and TTLs in one round trip, a few
-batches ahead of the judging (a thread of its own: Redis works while Python
+never ``KEYS``, reading each batch's values and TTLs a couple of batches ahead of
+the judging (sent before the replies are read: Redis works while Python
 judges). For every key in the run's scope it applies the verdict of
 ``redis_policies`` (the same one the backend uses when it writes): a due key is
 deleted (archive policies: written to an archive batch first), a key without a TTL
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone as dt_timezone
@@ -66,7 +66,7 @@ MUTATE_KEYS = 100
 MUTATE_BYTES = 256 << 10
 # Keys per read (values and TTLs of part of a SCAN batch, in one round trip).
 READ_KEYS = 250
-# Reads done ahead of the judging: enough to keep Redis busy, few enough to keep memory flat.
+# Reads sent ahead of the judging: enough to keep Redis busy, few enough to keep memory flat.
 READ_AHEAD = 2
 # Archive records handed to the archive writer at a time.
 ARCHIVE_LINES = 500
@@ -310,75 +310,65 @@ _UNKNOWN = object()
 
 
 class _ReadAhead:
-    """SCAN and the reads of values and TTLs, in a thread a few batches ahead of the judging.
+    """SCAN and the reads of values and TTLs, sent ahead of the judging on one connection.
 
-    Iterating yields ``(keys, values, pttls, read_ms)`` per part of a SCAN batch;
-    an error of the thread is raised to the iterating one. At most ``READ_AHEAD``
-    parts wait, so memory stays flat however many keys there are.
+    Iterating yields ``(keys, values, pttls, read_ms)`` per part of a SCAN batch.
+    Before a part is handed out, the next SCAN and the reads of up to
+    ``READ_AHEAD`` parts are already sent, so Redis works while Python judges
+    (no thread: on a busy machine a second one cost more than it saved). Memory
+    stays flat: at most one SCAN batch's keys and ``READ_AHEAD`` parts wait.
     """
 
     def __init__(self, client: Any, pattern: bytes, count: int):
         self.client = client
-        self.connection: Any = None
         self.pattern = pattern
         self.count = count
-        self.parts: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._work, name="retention-redis-scan", daemon=True)
-
-    def __iter__(self) -> Any:
-        self.thread.start()
-        while True:
-            part = self.parts.get()
-            if part is None:
-                return
-            if isinstance(part, BaseException):
-                raise part
-            yield part
+        self.connection: Any = None
 
     def close(self) -> None:
-        self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join()
         if self.connection is not None:
+            # Replies still unread must not reach another command.
             self.connection.disconnect()
+            self.connection = None
         self.client.close()
 
-    def _put(self, part: Any) -> bool:
-        while not self.stopping.is_set():
-            try:
-                self.parts.put(part, timeout=0.1)
-                return True
-            except queue.Full:
+    def __iter__(self) -> Any:
+        connection = self.connection = self.client.connection_pool.get_connection()
+        sent: deque[tuple[bytes, ...] | None] = deque()  # None: a SCAN; else the keys of a read
+        sent_times: deque[int] = deque()
+        unsent: deque[list[bytes]] = deque()  # parts of SCAN batches not read yet
+        ready: deque[tuple[list[bytes], list[Any], list[int], int]] = deque()
+        reading = 0
+        send(connection, "SCAN", b"0", "MATCH", self.pattern, "COUNT", self.count)
+        sent.append(None)
+        while True:
+            while unsent and reading + len(ready) < READ_AHEAD:
+                chunk = unsent.popleft()
+                # A TTL read counts down from here, not from the start of the run.
+                sent_times.append(int(time.time() * 1000))
+                # Values first, then TTLs: a key stored again in between is
+                # judged by its old value, whose changes then do not apply.
+                send(connection, "MGET", *chunk)
+                send(connection, "EVAL", PTTL_LUA, len(chunk), *chunk)
+                sent.append(tuple(chunk))
+                reading += 1
+            if ready:
+                yield ready.popleft()
                 continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            # One connection, commands packed and sent by hand: redis-py's
-            # per-argument work was a large part of the scan.
-            connection = self.connection = self.client.connection_pool.get_connection()
-            cursor = b"0"
-            while True:
-                send(connection, "SCAN", cursor, "MATCH", self.pattern, "COUNT", self.count)
+            if not sent:
+                return
+            request = sent.popleft()
+            if request is None:
                 cursor, keys = connection.read_response()
-                for start in range(0, len(keys), READ_KEYS):
-                    chunk = keys[start : start + READ_KEYS]
-                    # A TTL read counts down from here, not from the start of the run.
-                    read_ms = int(time.time() * 1000)
-                    # Values first, then TTLs: a key stored again in between is
-                    # judged by its old value, whose changes then do not apply.
-                    send(connection, "MGET", *chunk)
-                    send(connection, "EVAL", PTTL_LUA, len(chunk), *chunk)
-                    values = connection.read_response()
-                    pttls = connection.read_response()
-                    if not self._put((chunk, values, pttls, read_ms)):
-                        return
-                if cursor == b"0":
-                    break
-            self._put(None)
-        except BaseException as exc:  # noqa: BLE001 - raised again in the judging thread
-            self._put(exc)
+                if cursor != b"0":
+                    send(connection, "SCAN", cursor, "MATCH", self.pattern, "COUNT", self.count)
+                    sent.append(None)
+                unsent.extend(keys[i : i + READ_KEYS] for i in range(0, len(keys), READ_KEYS))
+            else:
+                values = connection.read_response()
+                pttls = connection.read_response()
+                reading -= 1
+                ready.append((list(request), values, pttls, sent_times.popleft()))
 
 
 class Enforcer:
