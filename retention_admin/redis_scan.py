@@ -66,8 +66,10 @@ MUTATE_KEYS = 100
 MUTATE_BYTES = 256 << 10
 # Keys per read (values and TTLs of part of a SCAN batch, in one round trip).
 READ_KEYS = 250
-# Reads sent ahead of the judging: enough to keep Redis busy, few enough to keep memory flat.
+# Reads sent ahead of the judging, and batches of changes sent before the reply
+# to the first is read: enough to keep Redis busy, few enough to keep memory flat.
 READ_AHEAD = 2
+CHANGES_AHEAD = 3
 # Archive records handed to the archive writer at a time.
 ARCHIVE_LINES = 500
 # redis_figures: keys inspected before the counts are extrapolated from the sample.
@@ -423,10 +425,10 @@ class Enforcer:
         self.change_counts: list[tuple[Counts, bool]] = []  # (counts, deletes)
         self.change_bytes = 0
         # Changes go out on a connection of their own without waiting for the reply:
-        # Redis makes one batch while the next is judged. (keys, args, counts) of
-        # the batch whose reply is still to be read.
+        # Redis makes them while the next keys are judged. (keys, args, counts) of
+        # the batches whose replies are still to be read, oldest first.
         self.change_connection: Any = None
-        self.in_flight: tuple[list[bytes], list[Any], list[tuple[Counts, bool]]] | None = None
+        self.in_flight: deque[tuple[list[bytes], list[Any], list[tuple[Counts, bool]]]] = deque()
         self.client: Any = None
         self.script: Any = None
         self.changer: Any = None
@@ -620,36 +622,34 @@ class Enforcer:
             self._flush_changes()
 
     def _flush_changes(self) -> None:
-        """Send the queued changes; the reply is read when the next batch goes, or at the end."""
+        """Send the queued changes; their reply is read a few batches later, or at the end."""
         keys, args, counted = self.change_keys, self.change_args, self.change_counts
         if not keys:
             return
         self.change_keys, self.change_args, self.change_counts, self.change_bytes = [], [], [], 0
-        self._collect_changes()
+        self._collect_changes(keep=CHANGES_AHEAD - 1)
         if self.change_connection is None:
             self.change_connection = self.client.connection_pool.get_connection()
         send(self.change_connection, "EVALSHA", self.changer.sha, len(keys), *keys, *args)
-        self.in_flight = (keys, args, counted)
+        self.in_flight.append((keys, args, counted))
 
-    def _collect_changes(self) -> None:
-        """Read the reply to the changes in flight and count what was done."""
+    def _collect_changes(self, keep: int = 0) -> None:
+        """Read the replies to the changes in flight, all but ``keep``, and count what was done."""
         from redis.exceptions import NoScriptError
 
-        if self.in_flight is None:
-            return
-        keys, args, counted = self.in_flight
-        self.in_flight = None
-        try:
-            done = self.change_connection.read_response()
-        except NoScriptError:  # the script cache was flushed meanwhile: nothing was done, send again
-            done = self.changer(keys=keys, args=args, client=self.client)
-        for (counts, deletes), ok in zip(counted, done):
-            if not ok:
-                continue  # stored again since it was read: the next run judges it
-            if deletes:
-                counts.deleted += 1
-            else:
-                counts.ttl_fixed += 1
+        while len(self.in_flight) > keep:
+            keys, args, counted = self.in_flight.popleft()
+            try:
+                done = self.change_connection.read_response()
+            except NoScriptError:  # the script cache was flushed meanwhile: nothing was done, send again
+                done = self.changer(keys=keys, args=args, client=self.client)
+            for (counts, deletes), ok in zip(counted, done):
+                if not ok:
+                    continue  # stored again since it was read: the next run judges it
+                if deletes:
+                    counts.deleted += 1
+                else:
+                    counts.ttl_fixed += 1
 
     def _mutate(self, items: list[tuple[bytes, str, str, int]]) -> list[int]:
         """SHA-1-guarded changes: ``(key, sha1 of the value judged, op, at)`` each."""
