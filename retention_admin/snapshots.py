@@ -84,15 +84,19 @@ def table_bytes(using: str, model: type[models.Model] = TaskResult) -> tuple[int
             # InnoDB's figures come from sampled statistics.
             return (int(row[0]) if row else None), True
         if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = %s", [table])
+            names = [table, *(row[0] for row in cursor.fetchall())]
+            total = 0
             try:
-                cursor.execute(
-                    "SELECT SUM(pgsize) FROM dbstat WHERE aggregate = TRUE AND (name = %s OR name IN "
-                    "(SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = %s))",
-                    [table, table],
-                )
-                return int(cursor.fetchone()[0] or 0), False
+                # One b-tree at a time: dbstat walks only the b-tree its name
+                # constraint names, where an OR of names made it walk every page
+                # of the database file (0.4 s a table on a 3 GB file).
+                for name in names:
+                    cursor.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = %s AND aggregate = TRUE", [name])
+                    total += int(cursor.fetchone()[0] or 0)
             except DatabaseError:
                 return None, True  # dbstat not compiled in: the caller estimates
+            return total, False
     return None, True
 
 
