@@ -14,7 +14,8 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from datetime import datetime, timedelta
@@ -530,6 +531,15 @@ class _Executor:
         reader = archive.DueReader(due, self.db, rule.name, row_bytes_expression(), ARCHIVE_READ_ROWS)
         chunks = reader.chunks()
         leftover: list[archive.DueRow] = []
+        deletions = _Deletions(self._delete_archived, [self.db, self.records_db])
+
+        def account(finished: list[tuple[ArchiveBatch, int]]) -> None:
+            for done, deleted in finished:
+                result.archived += done.records
+                result.deleted += deleted
+                if self.progress is not None:
+                    self.progress.advance(done.records)
+
         try:
             while True:
                 self._check_time()
@@ -557,11 +567,8 @@ class _Executor:
                     raise
                 result.matched += batch.records
                 result.bytes += nbytes
-                deleted = self._delete_archived(batch)
-                result.archived += batch.records
-                result.deleted += deleted
-                if self.progress is not None:
-                    self.progress.advance(batch.records)
+                # Written and recorded: its rows may go now, while the next batch is written.
+                account(deletions.submit(batch))
                 if batch.records < self.archive_records:
                     return
                 if self.sleep_seconds:
@@ -569,9 +576,14 @@ class _Executor:
         except archive.ArchiveError as exc:
             self._fail(f"{rule.name}: archiving failed, so its due results were kept: {exc}")
         finally:
-            reader.close()
-            if self.progress is not None:
-                self.progress.finish()
+            try:
+                # The batch being deleted is finished before the lease can be released.
+                account(deletions.wait())
+            finally:
+                deletions.close()
+                reader.close()
+                if self.progress is not None:
+                    self.progress.finish()
 
     def _delete_archived(self, batch: ArchiveBatch) -> int:
         """Step 3 and 4: delete the rows a written batch holds, then mark it complete."""
@@ -828,6 +840,56 @@ class _Executor:
         if self.dry_run:
             self.notes.append(f"dry run: {would_delete} orphaned chord counters would be deleted")
         return deleted
+
+
+class _Deletions:
+    """Steps 3 and 4 of each archive batch, overlapping the writing of the next batch.
+
+    A batch is handed over only once its object is durable and recorded
+    (``written``), so the protocol is unchanged: what runs concurrently is the
+    deleting of batch N and the reading, compressing and storing of batch N+1,
+    which holds other rows. At most one batch is in flight; ``submit`` and
+    ``wait`` return the finished ones (or raise the error their deletion met).
+    The deleting thread has connections of its own, so it is used neither on
+    SQLite (one writer at a time) nor inside a caller's transaction (it would not
+    see the batch); there the batch is deleted in the caller's thread.
+    """
+
+    def __init__(self, delete: Callable[[ArchiveBatch], int], aliases: list[str]):
+        self.delete = delete
+        self.aliases = sorted(set(aliases))
+        threaded = all(
+            connections[a].vendor != "sqlite" and not connections[a].in_atomic_block for a in self.aliases
+        )
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="archive-delete") if threaded else None
+        self.pending: tuple[ArchiveBatch, Future[int]] | None = None
+
+    def submit(self, batch: ArchiveBatch) -> list[tuple[ArchiveBatch, int]]:
+        finished = self.wait()
+        if self.pool is None:
+            return [*finished, (batch, self.delete(batch))]
+        self.pending = (batch, self.pool.submit(self.delete, batch))
+        return finished
+
+    def wait(self) -> list[tuple[ArchiveBatch, int]]:
+        if self.pending is None:
+            return []
+        batch, future = self.pending
+        self.pending = None
+        return [(batch, future.result())]
+
+    def close(self) -> None:
+        if self.pool is None:
+            return
+        try:
+            self.pool.submit(_close_connections, self.aliases).result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _close_connections(aliases: list[str]) -> None:
+    for alias in aliases:
+        connections[alias].close()
 
 
 def _header_task_ids(results: list[Any]) -> Iterator[str]:

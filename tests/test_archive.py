@@ -434,3 +434,82 @@ def test_verify_archives_command(make_result, archive_dir):
     assert bad.status == ArchiveBatch.Status.CORRUPT
     with pytest.raises(CommandError, match="No archive batch with id 424242"):
         call_command("verify_archives", "424242")
+
+
+def test_due_rows_are_read_in_date_done_then_id_order_across_chunks(make_result):
+    # Rows stored newest first (so neither the physical order nor the ids follow
+    # date_done), with ties on date_done straddling chunk boundaries and dates
+    # with and without fractions of a second.
+    from retention_admin.matching import row_bytes_expression
+
+    base = timezone.now().replace(microsecond=0) - 10 * DAY
+    dates = [base + timedelta(seconds=s) for s in (3, 3, 3, 2.5, 2.5, 2, 2, 2, 2, 1)]
+    for n, done in enumerate(dates):
+        row = make_result(task_id=f"o{n}", task_name="audit.x")
+        TaskResult.objects.filter(pk=row.pk).update(date_done=done)
+    expected = list(TaskResult.objects.order_by("date_done", "id").values_list("task_id", flat=True))
+    due = Q(task_name="audit.x", date_done__lt=timezone.now() - DAY)
+
+    reader = archive.DueReader(due, "default", "audit", row_bytes_expression(), 3, prefetch=False)
+    chunks = list(reader.chunks())
+
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [r.task_id for c in chunks for r in c] == expected
+    lines = [json.loads(r.line) for c in chunks for r in c]
+    assert [line["task_id"] for line in lines] == expected
+    assert [datetime.fromisoformat(line["date_done"]) for line in lines] == sorted(dates)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_deleted_while_the_next_is_written_all_complete(seeded_transactional_db, make_result, archive_dir):
+    # Outside a transaction (as in production) a batch's rows are deleted by a
+    # thread of their own while the next batch is written (not on SQLite).
+    import threading
+
+    audit_policy()
+    for i in range(23):
+        make_result(task_id=f"a{i:02d}", task_name="audit.x", age=(5 + i) * DAY)
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(archive_dir), "ARCHIVE_BATCH_RECORDS": 5}):
+        report = run(batch_size=2).report
+
+    assert ids_left() == set()
+    batches = list(ArchiveBatch.objects.order_by("id"))
+    assert [(b.records, b.deleted, b.status) for b in batches] == [(5, 5, "complete")] * 4 + [(3, 3, "complete")]
+    assert sorted(ArchivedResult.objects.values_list("task_id", flat=True)) == [f"a{i:02d}" for i in range(23)]
+    totals = report["totals"]
+    assert (totals["matched"], totals["archived"], totals["deleted"]) == (23, 23, 23)
+    assert not [t for t in threading.enumerate() if t.name.startswith("archive-delete")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deletion_that_fails_leaves_written_batches_the_next_run_finishes(
+    seeded_transactional_db, make_result, archive_dir, monkeypatch
+):
+    audit_policy()
+    for i in range(12):
+        make_result(task_id=f"a{i:02d}", task_name="audit.x", age=(5 + i) * DAY)
+    real = archive.delete_archived_rows
+    calls = []
+
+    def failing(batch, *args, **kwargs):
+        calls.append(batch.pk)
+        if len(calls) == 2:
+            raise RuntimeError("connection lost mid-delete")
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "delete_archived_rows", failing)
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(archive_dir), "ARCHIVE_BATCH_RECORDS": 4}):
+        with pytest.raises(CleanupFailed, match="connection lost mid-delete"):
+            run()
+        statuses = dict(ArchiveBatch.objects.values_list("id", "status"))
+        # The first batch completed; the one whose deletion failed stays written
+        # (and so may the next, written meanwhile); nothing was lost.
+        assert statuses[calls[0]] == "complete" and statuses[calls[1]] == "written"
+        archived = {r["task_id"] for b in ArchiveBatch.objects.all() for r in archive.read_records(b)}
+        assert archived | ids_left() == {f"a{i:02d}" for i in range(12)}
+
+        monkeypatch.setattr(archive, "delete_archived_rows", real)
+        run()
+
+    assert ids_left() == set()
+    assert set(ArchiveBatch.objects.values_list("status", flat=True)) == {"complete"}

@@ -168,7 +168,9 @@ def test_database_connection_killed_mid_run_loses_nothing(tmp_path, postgresql_o
     trials.add(due=600, kept=50)
     terminated = 0
     for _ in range(max(5, TRIALS // 3)):
-        proc = trials.start()
+        # Paced like the SIGKILL trials: an unpaced run of a few hundred rows is
+        # over (~0.3 s once started) before the connections are cut.
+        proc = trials.start("--sleep", "0.1")
         time.sleep(rng.uniform(0.6, 2.0))
         with connection.cursor() as cursor:
             cursor.execute(
