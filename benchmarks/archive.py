@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def ab(db: Any, due: int, seed: int, rounds: int, trees: list[tuple[str, Path]],
     workdir = VAR_DIR / "archive-ab"
     workdir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[float]] = {name: [] for name, _ in trees}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in trees}
     for number in range(rounds):
         order = trees if number % 2 == 0 else trees[::-1]
         for name, tree in order:
@@ -190,22 +192,48 @@ def ab(db: Any, due: int, seed: int, rounds: int, trees: list[tuple[str, Path]],
             env["PYTHONPATH"] = os.pathsep.join([str(tree), env["PYTHONPATH"]])
             env["RETENTION_ADMIN_JSON"] = json.dumps({"ARCHIVE_DIR": str(archive_dir)})
             load = os.getloadavg()[0]
-            subprocess.run([PYTHON, str(tree / "benchmarks" / "archive.py"), "child", "archive", "--workdir", str(workdir),
-                            "--out", str(out)], cwd=tree, env=env, check=True, timeout=3600)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            proc = subprocess.Popen([PYTHON, str(tree / "benchmarks" / "archive.py"), "child", "archive",
+                                     "--workdir", str(workdir), "--out", str(out)], cwd=tree, env=env)
+            # CPU seconds are steadier than wall time on a shared machine: the
+            # child's own, and its database backends' (sampled from /proc).
+            backend_ticks: dict[int, int] = {}
+            with db._connect() as watcher:
+                while proc.poll() is None:
+                    pids = [r[0] for r in watcher.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = %s", [databases.PREFIX + run])]
+                    for pid in pids:
+                        try:
+                            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                        except OSError:
+                            continue
+                        backend_ticks[pid] = max(backend_ticks.get(pid, 0), int(fields[11]) + int(fields[12]))
+                    time.sleep(0.05)
+            if proc.returncode:
+                raise SystemExit(f"{name}: the archive child failed ({proc.returncode})")
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            child_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            server_cpu = sum(backend_ticks.values()) / os.sysconf("SC_CLK_TCK")
+            log(f"  backends' CPU ticks: {sorted(backend_ticks.values(), reverse=True)}")
             result = json.loads(out.read_text())
             if result["rows_after"] != rows - due or result["archived"] != due:
                 raise SystemExit(f"{name}: archived {result['archived']}, left {result['rows_after']} of {rows} rows")
             rate = result["archived"] / result["seconds"]
             runs[name].append(rate)
-            log(f"round {number + 1} {name}: {rate:,.0f} rows/s, peak RSS {result['peak_rss_mb']:.0f} MB, load {load:.2f}")
+            cpu[name].append((child_cpu, server_cpu))
+            log(f"round {number + 1} {name}: {rate:,.0f} rows/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                f"CPU s: process {child_cpu:.2f} + backends {server_cpu:.2f}, load {load:.2f}")
             shutil.rmtree(archive_dir, ignore_errors=True)
     db.drop(run)
     first = trees[0][0]
     summary = {name: {"runs": rates, "median": statistics.median(rates),
-                      "ratio_to_" + first: statistics.median([r / b for r, b in zip(rates, runs[first])])}
+                      "ratio_to_" + first: statistics.median([r / b for r, b in zip(rates, runs[first])]),
+                      "cpu_s": cpu[name],
+                      "cpu_s_median": statistics.median([a + b for a, b in cpu[name]])}
                for name, rates in runs.items()}
     for name, item in summary.items():
-        log(f"{name}: median {item['median']:,.0f} rows/s, {item['ratio_to_' + first]:.3f}x {first} (paired median)")
+        log(f"{name}: median {item['median']:,.0f} rows/s, {item['ratio_to_' + first]:.3f}x {first} (paired median); "
+            f"median CPU {item['cpu_s_median']:.2f} s (process + backends)")
     return summary
 
 
