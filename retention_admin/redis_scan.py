@@ -315,10 +315,10 @@ class _ReadAhead:
     """SCAN and the reads of values and TTLs, sent ahead of the judging on one connection.
 
     Iterating yields ``(keys, values, pttls, read_ms)`` per part of a SCAN batch.
-    Before a part is handed out, the next SCAN and the reads of up to
-    ``READ_AHEAD`` parts are already sent, so Redis works while Python judges
-    (no thread: on a busy machine a second one cost more than it saved). Memory
-    stays flat: at most one SCAN batch's keys and ``READ_AHEAD`` parts wait.
+    Before a part is handed out, the reads of up to ``READ_AHEAD`` parts (and the
+    next SCAN, when the keys known run short) are already sent, so Redis works
+    while Python judges (no thread: on a busy machine a second one cost more than
+    it saved). Memory stays flat: at most about two SCAN batches' keys wait.
     """
 
     def __init__(self, client: Any, pattern: bytes, count: int):
@@ -326,6 +326,8 @@ class _ReadAhead:
         self.pattern = pattern
         self.count = count
         self.connection: Any = None
+        # Most parts of SCAN batches held at once (read or not): bounded, whatever the key count.
+        self.peak_parts = 0
 
     def close(self) -> None:
         if self.connection is not None:
@@ -341,9 +343,15 @@ class _ReadAhead:
         unsent: deque[list[bytes]] = deque()  # parts of SCAN batches not read yet
         ready: deque[tuple[list[bytes], list[Any], list[int], int]] = deque()
         reading = 0
-        send(connection, "SCAN", b"0", "MATCH", self.pattern, "COUNT", self.count)
-        sent.append(None)
+        cursor: bytes | None = b"0"  # None: the SCAN is over
+        scanning = False  # a SCAN is sent, its reply not read yet
         while True:
+            # The next SCAN only when the keys known run short: SCAN must not run
+            # ahead of the reads, or the key names would pile up in memory.
+            if cursor is not None and not scanning and len(unsent) <= READ_AHEAD:
+                send(connection, "SCAN", cursor, "MATCH", self.pattern, "COUNT", self.count)
+                sent.append(None)
+                scanning = True
             while unsent and reading + len(ready) < READ_AHEAD:
                 chunk = unsent.popleft()
                 # A TTL read counts down from here, not from the start of the run.
@@ -354,6 +362,7 @@ class _ReadAhead:
                 send(connection, "EVAL", PTTL_LUA, len(chunk), *chunk)
                 sent.append(tuple(chunk))
                 reading += 1
+            self.peak_parts = max(self.peak_parts, len(unsent) + reading + len(ready))
             if ready:
                 yield ready.popleft()
                 continue
@@ -361,10 +370,9 @@ class _ReadAhead:
                 return
             request = sent.popleft()
             if request is None:
-                cursor, keys = connection.read_response()
-                if cursor != b"0":
-                    send(connection, "SCAN", cursor, "MATCH", self.pattern, "COUNT", self.count)
-                    sent.append(None)
+                next_cursor, keys = connection.read_response()
+                scanning = False
+                cursor = None if next_cursor == b"0" else next_cursor
                 unsent.extend(keys[i : i + READ_KEYS] for i in range(0, len(keys), READ_KEYS))
             else:
                 values = connection.read_response()

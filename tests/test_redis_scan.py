@@ -484,8 +484,19 @@ def test_many_keys_are_read_ahead_and_all_judged_once(redis_app, redis_client, m
         pipe.set(key(f"many-{n}"), json.dumps(meta))
     pipe.rpush(key("a-list"), b"not a string")  # another type under the prefix: skipped
     pipe.execute()
+    reads: list[Any] = []
+
+    class Recorded(redis_scan._ReadAhead):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            reads.append(self)
+
+    monkeypatch.setattr(redis_scan, "_ReadAhead", Recorded)
     with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "REDIS_SCAN_COUNT": 40}):
         report = cleanup("--backend", "redis")
+    # SCAN does not run ahead of the reads: a couple of batches' keys at most are held
+    # (43 parts of 7 keys in all here; a batch is about 40 keys, 6 parts).
+    assert len(reads) == 1 and reads[0].peak_parts <= 2 * redis_scan.READ_AHEAD + 12
     unmatched = report["redis"]["unmatched"]
     assert report["redis"]["scanned"] >= 301
     assert (unmatched["matched"], unmatched["deleted"]) == (150, 150)
