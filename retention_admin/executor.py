@@ -32,6 +32,7 @@ from .batches import Batch, after_cursor, delete_batch
 from .celery_config import result_expires
 from .leases import Lease, LeaseBusy, make_holder
 from .matching import Governance, Rule, row_bytes_expression
+from .validators import MAX_KEEP_FOR
 from .models import ArchiveBatch, ArchivedResult, ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def validate(selection: Selection, options: Options) -> None:
     """Raise CleanupError for anything the run could not do; touch nothing."""
     if options.days is not None and options.days < 1:
         raise CleanupError(f"--days must be 1 or more, not {options.days}.")
+    if options.days is not None and options.days > MAX_KEEP_FOR.days:
+        raise CleanupError(f"--days must be at most {MAX_KEEP_FOR.days} (100 years), not {options.days}.")
     if options.batch_size is not None and options.batch_size < 1:
         raise CleanupError(f"--batch-size must be 1 or more, not {options.batch_size}.")
     if options.sleep_seconds is not None and options.sleep_seconds < 0:

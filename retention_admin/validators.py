@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 from .globs import GlobError, validate_glob
 
 MIN_KEEP_FOR = timedelta(minutes=1)
+# Longer is "forever" in all but name, and date arithmetic on it overflows.
+MAX_KEEP_FOR = timedelta(days=36525)
 KNOWN_STATES = sorted(states.ALL_STATES)
 
 
@@ -44,4 +46,9 @@ def validate_keep_for(value: timedelta | None) -> None:
         raise ValidationError(
             "Keep results for at least one minute, or leave empty to keep them forever.",
             code="keep_for_too_short",
+        )
+    if value is not None and value > MAX_KEEP_FOR:
+        raise ValidationError(
+            "Keep results for at most 100 years (36525 days), or leave empty to keep them forever.",
+            code="keep_for_too_long",
         )

@@ -47,6 +47,7 @@ def test_create_policy(admin_client):
         ({"statuses": ["DONE"]}, "statuses", "Select a valid choice"),
         ({"min_result_bytes": "-5"}, "min_result_bytes", "greater than or equal to 0"),
         ({"keep_for": "00:00:30"}, "keep_for", "at least one minute"),
+        ({"keep_for": "36526 00:00:00"}, "keep_for", "at most 100 years"),
         ({"keep_for": "two days"}, "keep_for", "Enter a valid duration"),
         ({"priority": "-1"}, "priority", "greater than or equal to 0"),
         ({"name": "failures-7d"}, "name", "already exists"),

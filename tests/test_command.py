@@ -90,6 +90,7 @@ def test_days_batch_size_sleep_and_database_options(make_result):
     [
         (["--days", "0"], "--days must be 1 or more, not 0."),
         (["--days", "-3"], "--days must be 1 or more, not -3."),
+        (["--days", "99999999"], "--days must be at most 36525 (100 years), not 99999999."),
         (["--batch-size", "0"], "--batch-size must be 1 or more, not 0."),
         (["--sleep", "-1"], "--sleep must be 0 or more seconds, not -1.0."),
         (["--max-runtime", "0"], "--max-runtime must be more than 0 seconds, not 0.0."),
