@@ -147,14 +147,20 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, postgresql_only):
     for _ in range(TRIALS):
         if len(trials.due - set(ArchivedResult.objects.values_list("task_id", flat=True))) < 600:
             trials.add(due=400, kept=10)
-        proc = trials.start("--sleep", "0.1")
-        # Django starts in ~0.5 s; the run then archives for a few seconds.
-        time.sleep(rng.uniform(0.3, 2.5))
+        # Paced so that most runs last past the kill: Django starts in ~0.5 s;
+        # with a batch's deletion overlapping the next one's writing, ten batches
+        # at --sleep 0.1 were over before most kills (41 of 100 trials killed).
+        proc = trials.start("--sleep", "0.2")
+        time.sleep(rng.uniform(0.3, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed_mid_run += 1
         proc.communicate(timeout=60)
         trials.check()
+        if proc.returncode == -signal.SIGKILL:
+            # Its lease runs out (LEASE_SECONDS is 1 here) before the next trial
+            # starts: otherwise that one only reports the lease busy and exits.
+            time.sleep(1.1)
         for status in ArchiveBatch.objects.values_list("status", flat=True):
             left[status] = left.get(status, 0) + 1
     print(f"SIGKILL trials: {TRIALS}, killed mid-run {killed_mid_run}, batch states seen after kills {left}")
