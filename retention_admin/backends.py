@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import states
 from celery.backends.base import BackendStoreError
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.utils.serialization import bytes_to_str
 from django_celery_results.backends.database import DatabaseBackend
 
@@ -39,12 +39,8 @@ def as_text(payload: str | bytes) -> str:
     return payload if isinstance(payload, str) else payload.decode("utf-8", errors="replace")
 
 
-class RetentionRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Celery's Redis backend, storing each task result with its policy's TTL.
-
-    Configure it with Celery's ``class+url`` form::
-
-        CELERY_RESULT_BACKEND = "retention_admin.backends.RetentionRedisBackend+redis://host:6379/0"
+class RetentionRedisMixin:
+    """The write path of both Redis backends: each task result stored with its policy's TTL.
 
     The governing policy (task name, status, result size: as for database results)
     decides the TTL; keep-forever and archive policies, and held task ids, get none;
@@ -52,6 +48,16 @@ class RetentionRedisBackend(RedisBackend):  # type: ignore[misc]
     ``result_failure_expires``). Policies come from a per-process cache, so storing
     a result never queries the database. Group and chord keys are Celery's.
     """
+
+    # Provided by Celery's RedisBackend, which every class using this mixin extends.
+    expires: Any
+    failure_expires: Any
+    _get_result_meta: Any
+    _get_task_meta_for: Any
+    get_key_for_task: Any
+    encode: Any
+    set: Any
+    _encode: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -112,3 +118,25 @@ class RetentionRedisBackend(RedisBackend):  # type: ignore[misc]
             Selection(remainder=True),
             Options(trigger=CleanupRun.Trigger.BACKEND_CLEANUP),
         )
+
+
+class RetentionRedisBackend(RetentionRedisMixin, RedisBackend):  # type: ignore[misc]
+    """Celery's Redis backend, storing each task result with its policy's TTL.
+
+    Configure it with Celery's ``class+url`` form::
+
+        CELERY_RESULT_BACKEND = "retention_admin.backends.RetentionRedisBackend+redis://host:6379/0"
+    """
+
+
+class RetentionSentinelBackend(RetentionRedisMixin, SentinelBackend):  # type: ignore[misc]
+    """Celery's Redis Sentinel backend, storing each task result with its policy's TTL.
+
+    Configure it as Celery's own ``sentinel://`` backend, with the class in front::
+
+        CELERY_RESULT_BACKEND = (
+            "retention_admin.backends.RetentionSentinelBackend+"
+            "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0"
+        )
+        CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"master_name": "mymaster"}
+    """

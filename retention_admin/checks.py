@@ -200,24 +200,25 @@ def check_stock_redis_backend(**kwargs: Any) -> list[CheckMessage]:
     from celery.app.backends import by_url
     from celery.backends.redis import RedisBackend
 
-    from .backends import RetentionRedisBackend
+    from .backends import RetentionRedisMixin
 
     backend = _app().conf.result_backend
     try:
         cls, _url = by_url(backend, _app().loader)
     except Exception:  # noqa: BLE001 - a backend Celery cannot load is Celery's error to report
         return []
-    if not (isinstance(cls, type) and issubclass(cls, RedisBackend)) or issubclass(cls, RetentionRedisBackend):
+    if not (isinstance(cls, type) and issubclass(cls, RedisBackend)) or issubclass(cls, RetentionRedisMixin):
         return []
     if not _policies_exist():
         return []
     scheme = str(backend).partition("://")[0]
+    ours = "RetentionSentinelBackend" if scheme.rsplit("+", 1)[-1] == "sentinel" else "RetentionRedisBackend"
     return [
         Warning(
             f"CELERY_RESULT_BACKEND is Celery's own {scheme}:// backend: every result gets "
             "result_expires as its TTL when it is stored, so results that enabled retention "
             "policies keep longer expire early, and keep-forever and archive policies cannot keep them.",
-            hint=f"Set CELERY_RESULT_BACKEND = \"retention_admin.backends.RetentionRedisBackend+{scheme}://...\" "
+            hint=f"Set CELERY_RESULT_BACKEND = \"retention_admin.backends.{ours}+{scheme}://...\" "
             "(same URL). cleanup_results --backend redis fixes the TTLs of results already stored.",
             id="retention_admin.W006",
         )

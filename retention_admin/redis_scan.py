@@ -177,6 +177,10 @@ def redis_backend(app: Any = None) -> RedisBackend | None:
 def server_label(backend: RedisBackend) -> str:
     """Where the backend's Redis is, for messages: scheme, host, port and database, no credentials."""
     params = backend.connparams
+    if params.get("hosts"):  # Sentinel: the sentinels asked, the database and the master's name
+        sentinels = ";".join(f"{h.get('host', 'localhost')}:{h.get('port', 26379)}" for h in params["hosts"])
+        master = (getattr(backend, "_transport_options", None) or {}).get("master_name")
+        return f"sentinel://{sentinels}/{params.get('db', 0)} (master {master!r})"
     if params.get("path"):
         return f"redis+socket://{params['path']}?db={params.get('db', 0)}"
     connection_class = params.get("connection_class")
