@@ -22,7 +22,6 @@ from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import IntegerField, Q, QuerySet, Value
-from django.db.models.expressions import RawSQL
 
 Cursor = tuple[datetime, Any]
 
@@ -61,28 +60,106 @@ def delete_batch(
     """Delete up to ``limit`` due rows past ``after``, oldest first, in one transaction.
 
     ``label``: an expression giving each row's scope (``Batch.by_label``); None
-    puts every row under the label None.
+    puts every row under the label None. A walk of many batches should build one
+    ``BatchDeleter`` and call it per batch.
     """
-    label = label if label is not None else Value(None, output_field=IntegerField())
-    picked = model._default_manager.using(using).filter(due & after_cursor(after))
-    picked = picked.order_by("date_done", "id")
-    connection = connections[using]
-    own_transaction = not connection.in_atomic_block
-    with transaction.atomic(using=using):
-        if connection.vendor == "postgresql" and own_transaction:
-            # This transaction only deletes rows that are due. Not waiting for its
-            # commit to reach the disk (or a synchronous standby) is safe: a crash
-            # can only bring the rows back, and the next run deletes them again.
-            # The run stops waiting for a flush of its own WAL on every batch.
-            # Inside a caller's transaction the setting would cover the caller's
-            # writes too, so there it is left alone.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if connection.vendor == "mysql" and not (
+    return BatchDeleter(model, due, using, limit, size, label)(after)
+
+
+class BatchDeleter:
+    """The batches of one walk: the SQL is compiled once, only the cursor changes.
+
+    Compiling the due conditions (policies, holds, sizes) through the ORM took
+    about 3 ms a batch, a third of a 2,000-row batch on PostgreSQL.
+    """
+
+    def __init__(self, model: Any, due: Q, using: str, limit: int, size: Any, label: Any = None):
+        self.model, self.due, self.using, self.limit, self.size = model, due, using, limit, size
+        self.label = label if label is not None else Value(None, output_field=IntegerField())
+        self.connection = connection = connections[using]
+        self.fallback = connection.vendor == "mysql" and not (
             connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)
-        ):
-            return _select_then_delete(picked, due, limit, size, label)
-        return _delete_returning(picked, due, connection, limit, size, label)
+        )
+        if self.fallback:
+            return
+        quote = connection.ops.quote_name
+        self.table = table = quote(model._meta.db_table)
+        self.id_col = f"{table}.{quote('id')}"
+        self.done_col = f"{table}.{quote('date_done')}"
+        # The Django-compiled conditions, for the DELETE's own WHERE clause and the pick.
+        conditions = model._default_manager.using(using).filter(due)
+        self.where_sql, where_params = conditions.query.get_compiler(connection=connection).compile(
+            conditions.query.where
+        )
+        self.where_params = list(where_params)
+        (size_sql, self.size_params), (label_sql, self.label_params) = _compile_columns(
+            conditions.values_list("id", "date_done", size, self.label), first=2
+        )
+        self.returning = f"RETURNING {self.id_col}, {self.done_col}, {size_sql}, {label_sql}"
+
+    def _cursor(self, after: Cursor | None) -> tuple[str, list[Any]]:
+        """``after_cursor`` as SQL: rows past (date_done, id)."""
+        if after is None:
+            return "", []
+        done, pk = after
+        value = self.connection.ops.adapt_datetimefield_value(done)
+        return (
+            f" AND {self.done_col} >= %s AND NOT ({self.done_col} = %s AND {self.id_col} <= %s)",
+            [value, value, pk],
+        )
+
+    def __call__(self, after: Cursor | None) -> Batch:
+        connection = self.connection
+        own_transaction = not connection.in_atomic_block
+        with transaction.atomic(using=self.using):
+            if connection.vendor == "postgresql" and own_transaction:
+                # This transaction only deletes rows that are due. Not waiting for its
+                # commit to reach the disk (or a synchronous standby) is safe: a crash
+                # can only bring the rows back, and the next run deletes them again.
+                # The run stops waiting for a flush of its own WAL on every batch.
+                # Inside a caller's transaction the setting would cover the caller's
+                # writes too, so there it is left alone.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            if self.fallback:
+                picked = self.model._default_manager.using(self.using).filter(self.due & after_cursor(after))
+                return _select_then_delete(picked.order_by("date_done", "id"), self.due, self.limit, self.size, self.label)
+            return self._delete_returning(after)
+
+    def _delete_returning(self, after: Cursor | None) -> Batch:
+        connection, table, where_sql = self.connection, self.table, self.where_sql
+        order = f"ORDER BY {self.done_col}, {self.id_col} LIMIT {int(self.limit)}"
+        returning_params = [*self.size_params, *self.label_params]
+        if connection.vendor == "mysql":
+            # MariaDB: DELETE takes ORDER BY and LIMIT itself.
+            sql = f"DELETE FROM {table} WHERE {where_sql} {order} {self.returning}"
+            params = [*self.where_params, *returning_params]
+        else:
+            cursor_sql, cursor_params = self._cursor(after)
+            if connection.vendor == "postgresql":
+                # = ANY(ARRAY(...)) runs the pick once; with IN (...) the planner may
+                # hash-join against a scan of the whole due set, making every batch as
+                # slow as the first one is fast. Picking physical row ids (ctid) lets the
+                # DELETE fetch each row directly (a TID scan) instead of through the
+                # primary key index: half the time a batch took in the benchmark. A row
+                # updated in between has a new ctid and is not deleted.
+                picked = f"{table}.ctid = ANY(ARRAY(SELECT {table}.ctid FROM {table} WHERE {where_sql}{cursor_sql} {order}))"
+            else:
+                picked = f"{self.id_col} IN (SELECT {self.id_col} FROM {table} WHERE {where_sql}{cursor_sql} {order})"
+            sql = f"DELETE FROM {table} WHERE {picked} AND {where_sql} {self.returning}"
+            params = [*self.where_params, *cursor_params, *self.where_params, *returning_params]
+            if connection.vendor == "postgresql":
+                return _summarised(connection, self.model, sql, params)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        if not rows:
+            return Batch(0, 0, None)
+        # Raw date_done values order as the dates do (datetimes, or ISO text on SQLite),
+        # so only the cursor's needs converting.
+        last_id, last_done, _size, _label = max(rows, key=lambda row: (row[1], row[0]))
+        batch = _tally([(row_label, 1, nbytes) for _pk, _done, nbytes, row_label in rows])
+        return replace(batch, last=(_to_datetime(connection, self.model, last_done), last_id))
 
 
 def _select_then_delete(picked: QuerySet[Any], due: Q, limit: int, size: Any, label: Any) -> Batch:
@@ -99,55 +176,6 @@ def _select_then_delete(picked: QuerySet[Any], due: Q, limit: int, size: Any, la
         # A row that changed after the SELECT stays; scale the estimate to what went.
         tallies.append((row_label, deleted, sum(n for _pk, n in members) * deleted // len(members)))
     return replace(_tally(tallies), last=(rows[-1][1], rows[-1][0]))
-
-
-def _delete_returning(
-    picked: QuerySet[Any], due: Q, connection: Any, limit: int, size: Any, label: Any
-) -> Batch:
-    model = picked.model
-    table = connection.ops.quote_name(model._meta.db_table)
-    id_col = f"{table}.{connection.ops.quote_name('id')}"
-    done_col = f"{table}.{connection.ops.quote_name('date_done')}"
-    # The same Django-compiled conditions, as SQL for the DELETE's own WHERE clause.
-    conditions = model._default_manager.using(picked.db).filter(due)
-    where_sql, where_params = conditions.query.get_compiler(connection=connection).compile(
-        conditions.query.where
-    )
-    (size_sql, size_params), (label_sql, label_params) = _compile_columns(
-        conditions.values_list("id", "date_done", size, label), first=2
-    )
-    returning = f"RETURNING {id_col}, {done_col}, {size_sql}, {label_sql}"
-    if connection.vendor == "mysql":
-        # MariaDB: DELETE takes ORDER BY and LIMIT itself.
-        sql = f"DELETE FROM {table} WHERE {where_sql} ORDER BY {done_col}, {id_col} LIMIT %s {returning}"
-        params = [*where_params, limit, *size_params, *label_params]
-    else:
-        if connection.vendor == "postgresql":
-            # = ANY(ARRAY(...)) runs the pick once; with IN (...) the planner may
-            # hash-join against a scan of the whole due set, making every batch as
-            # slow as the first one is fast. Picking physical row ids (ctid) lets the
-            # DELETE fetch each row directly (a TID scan) instead of through the
-            # primary key index: half the time a batch took in the benchmark. A row
-            # updated in between has a new ctid and is not deleted.
-            inner_sql, inner_params = picked.values_list(RawSQL(f"{table}.ctid", []))[:limit].query.sql_with_params()
-            picked_ids = f"{table}.ctid = ANY(ARRAY({inner_sql}))"
-        else:
-            inner_sql, inner_params = picked.values("id")[:limit].query.sql_with_params()
-            picked_ids = f"{id_col} IN ({inner_sql})"
-        sql = f"DELETE FROM {table} WHERE {picked_ids} AND {where_sql} {returning}"
-        params = [*inner_params, *where_params, *size_params, *label_params]
-        if connection.vendor == "postgresql":
-            return _summarised(connection, model, sql, params)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    if not rows:
-        return Batch(0, 0, None)
-    # Raw date_done values order as the dates do (datetimes, or ISO text on SQLite),
-    # so only the cursor's needs converting.
-    last_id, last_done, _size, _label = max(rows, key=lambda row: (row[1], row[0]))
-    batch = _tally([(row_label, 1, nbytes) for _pk, _done, nbytes, row_label in rows])
-    return replace(batch, last=(_to_datetime(connection, model, last_done), last_id))
 
 
 def _summarised(connection: Any, model: Any, delete_sql: str, params: list[Any]) -> Batch:

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
 from . import archive, conf
-from .batches import Batch, after_cursor, delete_batch
+from .batches import Batch, BatchDeleter
 from .celery_config import result_expires
 from .leases import Lease, LeaseBusy, make_holder
 from .matching import Governance, Rule, row_bytes_expression
@@ -735,13 +735,14 @@ class _Executor:
         the next run looks at it again.
         """
         size = row_bytes_expression() if model is TaskResult else Value(0)
+        deleter = BatchDeleter(model, due, self.db, self.batch_size, size, label)
         after: tuple[datetime, Any] | None = None
         while True:
             self._check_time()
             if after is not None and self.sleep_seconds:
                 time.sleep(self.sleep_seconds)
             self._renew()
-            batch = delete_batch(model, due, self.db, self.batch_size, after, size, label)
+            batch = deleter(after)
             if batch.deleted:
                 after = batch.last
                 yield batch

@@ -189,6 +189,21 @@ def test_batches_are_separate_deletes_in_date_done_order(make_result):
     assert report["unmatched"]["deleted"] == 7
 
 
+def test_the_cursor_walks_past_rows_with_the_same_date_done(make_result):
+    """Ties on date_done are ordered by id: a batch ending inside a tie resumes after it."""
+    same = timezone.now().replace(microsecond=0) - 3 * DAY  # no fraction: the plainest text form
+    for i in range(7):
+        make_result(task_id=f"tie{i}")
+    TaskResult.objects.update(date_done=same)
+    make_result(task_id="later", age=2 * DAY)
+    with CaptureQueriesContext(connection) as queries:
+        report = run(batch_size=3).report
+    deletes = [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"] and "taskresult" in q["sql"]]
+    assert report["unmatched"]["deleted"] == 8
+    assert ids_left() == set()
+    assert len(deletes) == 3  # 3 + 3 + 2: nothing deleted twice, nothing skipped
+
+
 def test_policies_and_remainder_share_one_walk_each_counted_for_itself(make_result):
     """One DELETE per batch serves every plain scope; each keeps its own cutoff and count."""
     policy("reports-2d", task_name_pattern="reports.*", keep_for=2 * DAY, priority=1)
