@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,16 +18,13 @@ from typing import Any
 
 import pytest
 import redis
-from celery import current_app, states
-from celery.app.task import Context
 from django.core.checks import run_checks
-from django.test import override_settings
 
 from retention_admin.backends import RetentionSentinelBackend
 from retention_admin.executor import CleanupFailed, Options, Selection, run_cleanup
-from retention_admin.models import RetentionPolicy, RetentionTier
 from testproject.celery import app
 
+from .redis_servers import api_policy, free_port, meta_key, reset_backend, result_backend, store
 from .services import in_ci
 
 MASTER = "retention-test-master"
@@ -39,12 +35,6 @@ pytestmark = [
     pytest.mark.django_db,
     pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(check: Any, process: subprocess.Popen[bytes], what: str) -> None:
@@ -71,7 +61,7 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, in
             pytest.fail("redis-server is not installed (CI needs it for the Sentinel tests)")
         pytest.skip("redis-server is not installed")
     directory = tmp_path_factory.mktemp("redis-sentinel")
-    master_port, sentinel_port = _free_port(), _free_port()
+    master_port, sentinel_port = free_port(), free_port()
     master = subprocess.Popen(
         ["redis-server", "--port", str(master_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(directory)],
@@ -117,71 +107,39 @@ def master_client(sentinel: tuple[int, int]) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def sentinel_app(sentinel: tuple[int, int], master_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
-    keys = ["result_backend", "result_backend_transport_options", "result_expires"]
-    saved = {key: app.conf[key] for key in keys}
-    previous = current_app._get_current_object()
-    app.set_current()
-    app.conf.result_backend = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
-    app.conf.result_backend_transport_options = {"master_name": MASTER}
-    _reset_backend()
-    archive_dir = tmp_path / "archive"
-    archive_dir.mkdir()
-    with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "ARCHIVE_DIR": str(archive_dir)}):
-        yield app
-    app.conf.update(saved)
-    _reset_backend()
-    previous.set_current()
-
-
-def _reset_backend() -> None:
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-
-
-def _store(task_id: str, task_name: str) -> None:
-    request = Context(task=task_name, args=[], kwargs={}, hostname="worker@test", delivery_info={})
-    app.backend.store_result(task_id, "ok", states.SUCCESS, request=request)
-
-
-def _key(task_id: str) -> bytes:
-    return f"celery-task-meta-{task_id}".encode()
-
-
-def _api_policy() -> None:
-    RetentionPolicy.objects.create(
-        name="sentinel-api", priority=1, tier=RetentionTier.objects.get(slug="daily"),
-        task_name_pattern="api.*", keep_for=timedelta(hours=6),
-    )
+    url = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
+    with result_backend(url, {"master_name": MASTER}, tmp_path) as app_:
+        yield app_
 
 
 def test_results_through_sentinel_get_their_policys_ttl(sentinel_app, master_client):
-    _api_policy()
+    api_policy("sentinel-api")
     assert isinstance(app.backend, RetentionSentinelBackend)
-    _store("api-1", "api.fetch")
-    ttl = master_client.pttl(_key("api-1"))  # on the master the sentinel named, database 2
+    store("api-1", "api.fetch")
+    ttl = master_client.pttl(meta_key("api-1"))  # on the master the sentinel named, database 2
     assert 6 * HOUR_MS - 5000 <= ttl <= 6 * HOUR_MS
 
 
 def test_the_enforcer_finds_the_master_through_the_sentinel(sentinel_app, master_client, sentinel):
-    _api_policy()
-    _store("api-forever", "api.fetch")
-    master_client.persist(_key("api-forever"))
-    _store("api-old", "api.fetch")
-    meta = json.loads(master_client.get(_key("api-old")))
+    api_policy("sentinel-api")
+    store("api-forever", "api.fetch")
+    master_client.persist(meta_key("api-forever"))
+    store("api-old", "api.fetch")
+    meta = json.loads(master_client.get(meta_key("api-old")))
     meta["date_done"] = "2001-01-01T00:00:00+00:00"
-    master_client.set(_key("api-old"), json.dumps(meta))
+    master_client.set(meta_key("api-old"), json.dumps(meta))
 
     run_ = run_cleanup(Selection(), Options(backend="redis"))
 
     assert run_.status == "succeeded", run_.error
-    assert not master_client.exists(_key("api-old"))
-    assert 0 < master_client.pttl(_key("api-forever")) <= 6 * HOUR_MS
+    assert not master_client.exists(meta_key("api-old"))
+    assert 0 < master_client.pttl(meta_key("api-forever")) <= 6 * HOUR_MS
     assert run_.report["redis"]["server"] == f"sentinel://127.0.0.1:{sentinel[0]}/{DB} (master '{MASTER}')"
 
 
 def test_an_unknown_master_name_fails_the_redis_part_with_a_clear_message(sentinel_app, sentinel, make_result):
     app.conf.result_backend_transport_options = {"master_name": "no-such-master"}
-    _reset_backend()
+    reset_backend()
     make_result(task_id="old-db-row", age=timedelta(days=3))
     with pytest.raises(CleanupFailed) as failure:
         run_cleanup(Selection(), Options(backend="all"))
@@ -193,13 +151,13 @@ def test_an_unknown_master_name_fails_the_redis_part_with_a_clear_message(sentin
 
 
 def test_w006_names_the_sentinel_backend_for_celerys_own_sentinel_url(sentinel_app, sentinel):
-    _api_policy()
+    api_policy("sentinel-api")
     app.conf.result_backend = sentinel_url(sentinel[0])  # Celery's stock SentinelBackend
-    _reset_backend()
+    reset_backend()
     warnings = [m for m in run_checks() if m.id == "retention_admin.W006"]
     assert len(warnings) == 1
     assert "retention_admin.backends.RetentionSentinelBackend+sentinel://" in warnings[0].hint
 
     app.conf.result_backend = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
-    _reset_backend()
+    reset_backend()
     assert not [m for m in run_checks() if m.id == "retention_admin.W006"]

@@ -11,24 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import current_app, states
-from celery.app.task import Context
-from django.test import override_settings
 
 from retention_admin.executor import Options, Selection, run_cleanup
-from retention_admin.models import RetentionPolicy, RetentionTier
 from testproject.celery import app
 
+from .redis_servers import api_policy, free_port, meta_key, reset_backend, result_backend, store
 from .services import in_ci
 
 PASSWORD = "tls-s3cret-pw"
@@ -45,12 +40,6 @@ def _missing(reason: str) -> None:
     if in_ci():
         pytest.fail(f"{reason} (CI needs it for the TLS tests)")
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _make_certificates(directory: Path) -> None:
@@ -76,7 +65,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
             _missing(f"{program} is not installed")
     directory = tmp_path_factory.mktemp("redis-tls")
     _make_certificates(directory)
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
@@ -122,72 +111,39 @@ def tls_client(tls_server: tuple[int, Path]) -> Iterator[redis.Redis]:
 @pytest.fixture
 def tls_app(tls_server: tuple[int, Path], tls_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
     port, ca = tls_server
-    keys = ["result_backend", "result_backend_transport_options", "result_expires"]
-    saved = {key: app.conf[key] for key in keys}
-    previous = current_app._get_current_object()
-    app.set_current()
-    app.conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca)}"
-    app.conf.result_backend_transport_options = {}
-    _reset_backend()
-    archive_dir = tmp_path / "archive"
-    archive_dir.mkdir()
-    with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "ARCHIVE_DIR": str(archive_dir)}):
-        yield app
-    app.conf.update(saved)
-    _reset_backend()
-    previous.set_current()
-
-
-def _reset_backend() -> None:
-    app._backend_cache = None
-    app._local.__dict__.pop("backend", None)
-
-
-def _store(task_id: str, task_name: str, state: str = states.SUCCESS) -> None:
-    request = Context(task=task_name, args=[], kwargs={}, hostname="worker@test", delivery_info={})
-    result: Any = ValueError("boom") if state == states.FAILURE else "ok"
-    app.backend.store_result(task_id, result, state, request=request)
-
-
-def _key(task_id: str) -> bytes:
-    return f"celery-task-meta-{task_id}".encode()
+    with result_backend(f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca)}", {}, tmp_path) as app_:
+        yield app_
 
 
 def test_results_over_tls_get_their_policys_ttl_on_the_database_of_the_url(tls_app, tls_client):
-    RetentionPolicy.objects.create(
-        name="tls-api", priority=1, tier=RetentionTier.objects.get(slug="daily"),
-        task_name_pattern="api.*", keep_for=timedelta(hours=6),
-    )
-    _store("api-1", "api.fetch")
-    _store("other-1", "misc.job")
+    api_policy("tls-api")
+    store("api-1", "api.fetch")
+    store("other-1", "misc.job")
 
-    ttl = tls_client.pttl(_key("api-1"))
+    ttl = tls_client.pttl(meta_key("api-1"))
     assert 6 * HOUR_MS - 5000 <= ttl <= 6 * HOUR_MS
-    assert tls_client.pttl(_key("other-1")) > 0  # the remainder: result_expires
+    assert tls_client.pttl(meta_key("other-1")) > 0  # the remainder: result_expires
     # The keys are on database 3 of the TLS server, nowhere else.
     assert tls_client.connection_pool.connection_kwargs["db"] == DB
-    assert tls_client.exists(_key("api-1"))
+    assert tls_client.exists(meta_key("api-1"))
 
 
 def test_the_enforcer_works_over_tls_and_never_shows_the_password(tls_app, tls_client, caplog):
-    RetentionPolicy.objects.create(
-        name="tls-api", priority=1, tier=RetentionTier.objects.get(slug="daily"),
-        task_name_pattern="api.*", keep_for=timedelta(hours=6),
-    )
-    _store("api-forever", "api.fetch")
-    tls_client.persist(_key("api-forever"))  # written while result_expires was None, say
-    _store("api-old", "api.fetch")
+    api_policy("tls-api")
+    store("api-forever", "api.fetch")
+    tls_client.persist(meta_key("api-forever"))  # written while result_expires was None, say
+    store("api-old", "api.fetch")
     # An old result: its date_done years ago, and no TTL.
-    meta = json.loads(tls_client.get(_key("api-old")))
+    meta = json.loads(tls_client.get(meta_key("api-old")))
     meta["date_done"] = "2001-01-01T00:00:00+00:00"
-    tls_client.set(_key("api-old"), json.dumps(meta))
+    tls_client.set(meta_key("api-old"), json.dumps(meta))
 
     caplog.set_level(logging.DEBUG)
     run_ = run_cleanup(Selection(), Options(backend="redis"))
 
     assert run_.status == "succeeded", run_.error
-    assert not tls_client.exists(_key("api-old"))  # past due: deleted
-    ttl = tls_client.pttl(_key("api-forever"))
+    assert not tls_client.exists(meta_key("api-old"))  # past due: deleted
+    ttl = tls_client.pttl(meta_key("api-forever"))
     assert 0 < ttl <= 6 * HOUR_MS  # given the policy's TTL back
     everything = " ".join([str(run_.report), " ".join(run_.notes), run_.error, caplog.text])
     assert PASSWORD not in everything
@@ -198,7 +154,7 @@ def test_a_wrong_password_over_tls_is_named_without_either_password(tls_app, tls
 
     port, ca = tls_server
     app.conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca, 'not-the-pw')}"
-    _reset_backend()
+    reset_backend()
     caplog.set_level(logging.INFO)
     with pytest.raises(CleanupFailed) as failure:
         run_cleanup(Selection(), Options(backend="redis"))
