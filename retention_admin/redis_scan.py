@@ -96,14 +96,15 @@ end
 return n
 """
 
-# A change made only if the key still holds the value that was judged, which is
-# sent back with it: comparing two strings costs Redis far less than hashing one
-# (Lua interns strings, so equal values are one string).
-CHANGE_LUA = """
-local out = {}
+# A guarded change per key: UNLINK ('D'), PERSIST ('P') or PEXPIREAT (a time),
+# made only if the key still holds the value that was judged. ``{guard}`` compares
+# the value read now with ARGV[2 * i - 1].
+_GUARDED_CHANGE_LUA = """
+local out = {{}}
 for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
   local done = 0
-  if redis.pcall('GET', key) == ARGV[2 * i - 1] then
+  if {guard} then
     local op = ARGV[2 * i]
     if op == 'D' then
       done = redis.call('UNLINK', key)
@@ -119,28 +120,16 @@ end
 return out
 """
 
-# The same guarded by the SHA-1 of the value: for archive deletions, which come
-# after a whole batch is written and would otherwise keep its values in memory.
-MUTATE_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  local done = 0
-  if type(value) == 'string' and redis.sha1hex(value) == ARGV[2 * i - 1] then
-    local op = ARGV[2 * i]
-    if op == 'D' then
-      done = redis.call('UNLINK', key)
-    elseif op == 'P' then
-      redis.call('PERSIST', key)
-      done = 1
-    else
-      done = redis.call('PEXPIREAT', key, op)
-    end
-  end
-  out[i] = done
-end
-return out
-"""
+# Guarded by the value itself, sent back with the change: comparing two strings
+# costs Redis far less than hashing one (Lua interns strings, so equal values are
+# one string).
+CHANGE_LUA = _GUARDED_CHANGE_LUA.format(guard="value == ARGV[2 * i - 1]")
+
+# Guarded by the SHA-1 of the value: for archive deletions, which come after a
+# whole batch is written and would otherwise keep its values in memory.
+MUTATE_LUA = _GUARDED_CHANGE_LUA.format(
+    guard="type(value) == 'string' and redis.sha1hex(value) == ARGV[2 * i - 1]"
+)
 
 
 class RedisUnavailable(Exception):
