@@ -54,20 +54,12 @@ def after_cursor(after: Cursor | None) -> Q:
     return Q(date_done__gte=done) & ~Q(date_done=done, id__lte=pk)
 
 
-def delete_batch(
-    model: Any, due: Q, using: str, limit: int, after: Cursor | None, size: Any, label: Any = None
-) -> Batch:
-    """Delete up to ``limit`` due rows past ``after``, oldest first, in one transaction.
-
-    ``label``: an expression giving each row's scope (``Batch.by_label``); None
-    puts every row under the label None. A walk of many batches should build one
-    ``BatchDeleter`` and call it per batch.
-    """
-    return BatchDeleter(model, due, using, limit, size, label)(after)
-
-
 class BatchDeleter:
-    """The batches of one walk: the SQL is compiled once, only the cursor changes.
+    """The batches of one walk: ``deleter(after)`` deletes up to ``limit`` due rows
+    past the cursor ``after``, oldest first, in one transaction.
+
+    The SQL is compiled once; only the cursor changes. ``label``: an expression
+    giving each row's scope (``Batch.by_label``); None puts every row under None.
 
     Compiling the due conditions (policies, holds, sizes) through the ORM took
     about 3 ms a batch, a third of a 2,000-row batch on PostgreSQL.
