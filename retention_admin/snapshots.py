@@ -35,7 +35,7 @@ from typing import Any
 
 from celery import states
 from django.db import DatabaseError, connections, models, router
-from django.db.models import Case, Count, IntegerField, Max, Min, Q, Sum, Value, When
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
@@ -172,16 +172,20 @@ class _Tally:
         return sum(self.status_bytes.values())
 
 
-def exact_tally(using: str) -> _Tally:
-    """Every row, one GROUP BY over (task name, status)."""
-    tally = _Tally()
-    rows = (
+def _grouped(using: str) -> QuerySet[Any]:
+    """(task name, status, rows, bytes, empty results), one row per (task name, status)."""
+    return (
         TaskResult.objects.using(using)
         .order_by()
         .values_list("task_name", "status")
         .annotate(n=Count("id"), size=Sum(row_bytes_expression()), empty=Sum(_empty_flag()))
     )
-    for task_name, status, n, size, empty in rows:
+
+
+def exact_tally(using: str) -> _Tally:
+    """Every row, one GROUP BY over (task name, status)."""
+    tally = _Tally()
+    for task_name, status, n, size, empty in _grouped(using):
         tally.add(task_name, status, n, size or 0, empty or 0)
     return tally
 
@@ -245,13 +249,7 @@ def page_sampled_tally(using: str, sample_rows: int, estimate: int) -> tuple[_Ta
     percent = min(100.0, 100.0 * sample_rows / max(estimate, 1))
     if pages * percent / 100 < MIN_SAMPLE_PAGES:
         return None
-    grouped = (
-        TaskResult.objects.using(using)
-        .order_by()
-        .values_list("task_name", "status")
-        .annotate(n=Count("id"), size=Sum(row_bytes_expression()), empty=Sum(_empty_flag()))
-    )
-    sql, params = grouped.query.sql_with_params()
+    sql, params = _grouped(using).query.sql_with_params()
     # The ORM has no TABLESAMPLE: put it after the table in the compiled FROM.
     source = f"FROM {connection.ops.quote_name(table)}"
     if sql.count(source) != 1:
@@ -324,23 +322,22 @@ def take_snapshot(
         # No statistics, but COUNT(*) walks the smallest index quickly; only the
         # split by status and task name needs reading rows.
         estimate, rows_method = TaskResult.objects.using(using).count(), "count"
-    page_sample = None
     if estimate is not None and estimate > config.snapshot_exact_rows:
+        rows_estimated = True
+        page_sample = None
         if connections[using].vendor == "postgresql":
             page_sample = page_sampled_tally(using, config.snapshot_sample_rows, estimate)
-    if page_sample is not None:
-        # The page sample estimates the total itself, from the rows there now.
-        tally, read = page_sample
-        total = int(round(tally.rows))
-        rows_estimated = True
-        details.update(rows_method="page sample", sample_rows=read)
-    elif estimate is not None and estimate > config.snapshot_exact_rows:
-        tally, read = sampled_tally(using, config.snapshot_sample_rows)
-        total = estimate
-        # The sample gives the shares; the statistics (or the count) give the total.
-        tally = tally.scaled(total / tally.rows) if tally.rows else tally
-        rows_estimated = True
-        details.update(rows_method=rows_method, sample_rows=read)
+        if page_sample is not None:
+            # The page sample estimates the total itself, from the rows there now.
+            tally, read = page_sample
+            total = int(round(tally.rows))
+            details.update(rows_method="page sample", sample_rows=read)
+        else:
+            tally, read = sampled_tally(using, config.snapshot_sample_rows)
+            total = estimate
+            # The sample gives the shares; the statistics (or the count) give the total.
+            tally = tally.scaled(total / tally.rows) if tally.rows else tally
+            details.update(rows_method=rows_method, sample_rows=read)
     else:
         tally = exact_tally(using)
         total = int(round(tally.rows))
