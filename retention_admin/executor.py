@@ -651,8 +651,9 @@ class _Executor:
             if expires is None:
                 self.notes.append("unmatched: result_expires is None, so unmatched results are kept")
                 continue
-            parts.append(("unmatched", governance.remainder_q() & Q(date_done__lt=self.now - expires), result))
-            cutoffs.append(self.now - expires)
+            cutoff = self.now - expires
+            parts.append(("unmatched", governance.remainder_q() & Q(date_done__lt=cutoff), result))
+            cutoffs.append(cutoff)
         if parts:
             # The latest cutoff bounds the walk as an index condition: the planner
             # does not take one from the OR of the scopes' own cutoffs, and without
