@@ -8,10 +8,21 @@ id. Either way the DELETE itself carries every condition, so a row re-run or put
 on hold since it was picked is not deleted.
 
 One walk can serve several scopes at once (the policies of a run and the
-unmatched remainder, whose due sets are disjoint): ``label`` is an SQL
-expression naming each row's scope, and the batch reports counts and bytes per
-label. A run that walked the ``date_done`` index once per policy read every
-row older than the policy's cutoff once per policy, most of them only to skip.
+unmatched remainder, whose due sets are disjoint): each batch reports counts
+and bytes per scope. A run that walked the ``date_done`` index once per policy
+read every row older than the policy's cutoff once per policy, most of them only
+to skip.
+
+On PostgreSQL a batch is a *window* of ``date_done`` instead: a read of the
+``date_done`` index finds where the next ``limit`` rows end, and one plain
+``DELETE`` per scope takes that window's due rows, counted by its row count.
+Picking rows in order and returning them cost about twice the database time of
+the deletion itself: 7.4 s of backend CPU for 1M rows, against 3.6-4.0 s for
+windows and 3.0 s for stock's single ``DELETE`` (README, The executor).
+Bytes, which need each row's sizes, are read in a sample of the windows
+(``SAMPLE_FIRST``, then one in ``SAMPLE_EVERY``) and estimated for the others
+from each scope's mean there. More than ``limit`` rows sharing one ``date_done``
+make no window; those are taken by the ordered pick, ``limit`` at a time.
 """
 
 from __future__ import annotations
@@ -21,18 +32,27 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import IntegerField, Q, QuerySet, Value
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 
+# (date_done, id): the next batch starts after this row; (date_done, None): at
+# this date_done, inclusive (where a window ended).
 Cursor = tuple[datetime, Any]
+
+# PostgreSQL windows whose rows' sizes are read: the first few, then one in so many.
+SAMPLE_FIRST = 4
+SAMPLE_EVERY = 16
 
 
 @dataclass(frozen=True)
 class Batch:
     deleted: int
     bytes: int
-    last: Cursor | None  # (date_done, id) of the last row deleted, for the next batch
+    last: Cursor | None  # where the next batch starts
     # label -> (rows deleted, estimated bytes), for the rows of each scope.
     by_label: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    # Nothing due is left past ``last``. A batch of ``limit`` rows or a window
+    # that did not reach the walk's bound leaves more to look at.
+    done: bool = False
 
 
 def _tally(rows: list[tuple[Any, int, int]]) -> Batch:
@@ -51,27 +71,56 @@ def after_cursor(after: Cursor | None) -> Q:
     if after is None:
         return Q()
     done, pk = after
+    if pk is None:
+        return Q(date_done__gte=done)
     return Q(date_done__gte=done) & ~Q(date_done=done, id__lte=pk)
 
 
 class BatchDeleter:
-    """The batches of one walk: ``deleter(after)`` deletes up to ``limit`` due rows
-    past the cursor ``after``, oldest first, in one transaction.
+    """The batches of one walk: ``deleter(after)`` deletes the next due rows past
+    the cursor ``after``, oldest first, in one transaction, and says where the
+    next batch starts.
 
-    The SQL is compiled once; only the cursor changes. ``label``: an expression
-    giving each row's scope (``Batch.by_label``); None puts every row under None.
+    ``parts``: the due conditions of the walk's scopes (disjoint); a batch counts
+    its rows per scope, by index in ``parts`` (``Batch.by_label``). Each part is
+    (what the scope governs, its cutoff): due rows are those older than the
+    cutoff. ``common``: conditions every deleted row meets (no hold). The walk
+    ends at the latest cutoff. PostgreSQL walks in windows (see the module's
+    docstring), the others by an ordered pick of ``limit`` rows.
 
-    Compiling the due conditions (policies, holds, sizes) through the ORM took
-    about 3 ms a batch, a third of a 2,000-row batch on PostgreSQL.
+    The SQL is compiled once; only the cursor changes. Compiling the due
+    conditions (policies, holds, sizes) through the ORM took about 3 ms a batch,
+    a third of a 2,000-row batch on PostgreSQL.
     """
 
-    def __init__(self, model: Any, due: Q, using: str, limit: int, size: Any, label: Any = None):
-        self.model, self.due, self.using, self.limit, self.size = model, due, using, limit, size
-        self.label = label if label is not None else Value(None, output_field=IntegerField())
+    def __init__(
+        self, model: Any, parts: list[tuple[Q, datetime]], common: Q, using: str, limit: int, size: Any
+    ):
+        self.model, self.using, self.limit, self.size = model, using, limit, size
+        # The latest cutoff bounds the walk as an index condition: the planner does
+        # not take one from the OR of the scopes' own cutoffs, and without it the
+        # last batch walked every row that is not due yet.
+        self.bound = bound = max(cutoff for _matches, cutoff in parts)
+        self.cutoffs = [cutoff for _matches, cutoff in parts]
+        dues = [matches & Q(date_done__lt=cutoff) for matches, cutoff in parts]
+        common = common & Q(date_done__lt=bound)
+        due = Q()
+        for part in dues:
+            due |= part
+        self.due = due = due & common
+        if len(dues) == 1:
+            self.label: Any = Value(0, output_field=IntegerField())
+        else:
+            self.label = Case(
+                *[When(part, then=Value(index)) for index, part in enumerate(dues)],
+                default=Value(-1),  # cannot happen: a deleted row is due in some scope
+                output_field=IntegerField(),
+            )
         self.connection = connection = connections[using]
         self.fallback = connection.vendor == "mysql" and not (
             connection.mysql_is_mariadb and connection.mysql_version >= (10, 5)
         )
+        self.windows = connection.vendor == "postgresql"
         if self.fallback:
             return
         quote = connection.ops.quote_name
@@ -79,26 +128,40 @@ class BatchDeleter:
         self.id_col = f"{table}.{quote('id')}"
         self.done_col = f"{table}.{quote('date_done')}"
         # The Django-compiled conditions, for the DELETE's own WHERE clause and the pick.
+        self.where_sql, self.where_params = self._where(due)
         conditions = model._default_manager.using(using).filter(due)
-        self.where_sql, where_params = conditions.query.get_compiler(connection=connection).compile(
-            conditions.query.where
-        )
-        self.where_params = list(where_params)
         (size_sql, self.size_params), (label_sql, self.label_params) = _compile_columns(
             conditions.values_list("id", "date_done", size, self.label), first=2
         )
+        self.size_sql, self.label_sql = size_sql, label_sql
         self.returning = f"RETURNING {self.id_col}, {self.done_col}, {size_sql}, {label_sql}"
+        if self.windows:
+            self.part_wheres = [self._where(part & common) for part in dues]
+            self.windows_done = 0
+            # label -> (rows, bytes) read in the sampled windows
+            self.sampled: dict[Any, tuple[int, int]] = {}
+
+    def _where(self, condition: Q) -> tuple[str, list[Any]]:
+        query = self.model._default_manager.using(self.using).filter(condition).query
+        sql, params = query.get_compiler(connection=self.connection).compile(query.where)
+        return sql, list(params)
 
     def _cursor(self, after: Cursor | None) -> tuple[str, list[Any]]:
         """``after_cursor`` compiled to SQL (a small condition: about 0.1 ms)."""
         if after is None:
             return "", []
-        query = self.model._default_manager.using(self.using).filter(after_cursor(after)).query
-        sql, params = query.get_compiler(connection=self.connection).compile(query.where)
-        return f" AND {sql}", list(params)
+        sql, params = self._where(after_cursor(after))
+        return f" AND {sql}", params
 
     def __call__(self, after: Cursor | None) -> Batch:
         connection = self.connection
+        window: tuple[datetime | None, datetime | None] | None = None
+        if self.windows:
+            low = after[0] if after is not None else None
+            high = self._window_end(low)
+            # More than ``limit`` rows at one date_done make no window: ordered pick.
+            if high is None or low is None or high > low:
+                window = (low, high)
         own_transaction = not connection.in_atomic_block
         with transaction.atomic(using=self.using):
             if connection.vendor == "postgresql" and own_transaction:
@@ -110,10 +173,84 @@ class BatchDeleter:
                 # writes too, so there it is left alone.
                 with connection.cursor() as cursor:
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            if window is not None:
+                return self._delete_window(*window)
             if self.fallback:
                 picked = self.model._default_manager.using(self.using).filter(self.due & after_cursor(after))
-                return _select_then_delete(picked.order_by("date_done", "id"), self.due, self.limit, self.size, self.label)
-            return self._delete_returning(after)
+                batch = _select_then_delete(
+                    picked.order_by("date_done", "id"), self.due, self.limit, self.size, self.label
+                )
+            else:
+                batch = self._delete_returning(after)
+        return replace(batch, done=batch.deleted < self.limit)
+
+    def _window_end(self, low: datetime | None) -> datetime | None:
+        """Where the window from ``low`` ends: the date_done of the row ``limit``
+        rows on, or None when fewer rows are left below the bound.
+
+        It reads only the date_done index (all rows, due or not, so the window
+        never holds more than ``limit``); rows already deleted are not counted.
+        """
+        done = self.done_col
+        sql = f"SELECT {done} FROM {self.table} WHERE {done} < %s"
+        params: list[Any] = [self.bound]
+        if low is not None:
+            sql += f" AND {done} >= %s"
+            params.append(low)
+        sql += f" ORDER BY {done} OFFSET {int(self.limit)} LIMIT 1"
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    def _delete_window(self, low: datetime | None, high: datetime | None) -> Batch:
+        """Delete the due rows with ``low <= date_done < high`` (open ends: no limit)."""
+        conditions, params = [], []
+        if low is not None:
+            conditions.append(f"{self.done_col} >= %s")
+            params.append(low)
+        if high is not None:
+            conditions.append(f"{self.done_col} < %s")
+            params.append(high)
+        window = "".join(f"{condition} AND " for condition in conditions)
+        sample = (
+            self.windows_done < SAMPLE_FIRST or self.windows_done % SAMPLE_EVERY == 0 or not self.sampled
+        )
+        self.windows_done += 1
+        groups: list[tuple[Any, int, int]] = []
+        with self.connection.cursor() as cursor:
+            if sample:
+                # One DELETE for every scope, returning each row's scope and size.
+                cursor.execute(
+                    f"WITH deleted(nbytes, label) AS (DELETE FROM {self.table} WHERE {window}{self.where_sql} "
+                    f"RETURNING {self.size_sql}, {self.label_sql}) "
+                    "SELECT label, count(*), coalesce(sum(nbytes), 0) FROM deleted GROUP BY label",
+                    [*params, *self.where_params, *self.size_params, *self.label_params],
+                )
+                groups = [(label, int(count), int(nbytes)) for label, count, nbytes in cursor.fetchall()]
+                for label, count, nbytes in groups:
+                    rows, size = self.sampled.get(label, (0, 0))
+                    self.sampled[label] = (rows + count, size + nbytes)
+            else:
+                # One plain DELETE per scope, counted by its row count; none for a
+                # scope whose cutoff the window starts after.
+                for index, (part_sql, part_params) in enumerate(self.part_wheres):
+                    if low is not None and low >= self.cutoffs[index]:
+                        continue
+                    cursor.execute(f"DELETE FROM {self.table} WHERE {window}{part_sql}", [*params, *part_params])
+                    if cursor.rowcount:
+                        groups.append((index, cursor.rowcount, self._estimated_bytes(index, cursor.rowcount)))
+        batch = _tally(groups)
+        return replace(batch, last=(high, None) if high is not None else None, done=high is None)
+
+    def _estimated_bytes(self, label: Any, rows: int) -> int:
+        """Bytes of ``rows`` rows of a scope, at the mean of its rows in the sampled windows
+        (or of all sampled rows when none of this scope's was sampled)."""
+        sampled_rows, sampled_bytes = self.sampled.get(label, (0, 0))
+        if not sampled_rows:
+            sampled_rows = sum(r for r, _b in self.sampled.values())
+            sampled_bytes = sum(b for _r, b in self.sampled.values())
+        return rows * sampled_bytes // sampled_rows if sampled_rows else 0
 
     def _delete_returning(self, after: Cursor | None) -> Batch:
         connection, table, where_sql = self.connection, self.table, self.where_sql

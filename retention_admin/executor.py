@@ -19,11 +19,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from celery import states
 from django.db import connections, router, transaction
-from django.db.models import Case, Count, IntegerField, Q, Sum, Value, When
+from django.db.models import Count, Q, Sum, Value
 from django.utils import timezone
 from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 
@@ -114,6 +114,15 @@ class ScopeResult:
     deleted: int = 0
     archived: int = 0
     bytes: int = 0
+
+
+class _Part(NamedTuple):
+    """One scope of a walk: the rows it governs (``matches``), due before ``cutoff``."""
+
+    name: str
+    matches: Q
+    cutoff: datetime
+    result: ScopeResult
 
 
 class _Stop(Exception):
@@ -507,11 +516,10 @@ class _Executor:
         if cutoff is None:
             self.notes.append(f"{rule.name}: keeps results forever; nothing is due")
             return
-        due = governance.governed_q(rule) & Q(date_done__lt=cutoff)
         if rule.archive:
-            self._archive_due(rule, due & ~self._held(), result)
+            self._archive_due(rule, governance.governed_q(rule) & Q(date_done__lt=cutoff) & ~self._held(), result)
             return
-        self._delete_due(TaskResult, due, result, label=rule.name)
+        self._delete_due(TaskResult, governance.governed_q(rule), cutoff, result, label=rule.name)
 
     def _archive_due(self, rule: Rule, due: Q, result: ScopeResult) -> None:
         """Archive-then-delete (DESIGN.md): each batch is written durably before its rows go."""
@@ -636,29 +644,23 @@ class _Executor:
             # Chord counters first: judging them needs their header results,
             # which the remainder may be about to delete.
             self.chords_deleted = self._clean_chord_counters()
-        parts: list[tuple[str, Q, ScopeResult]] = []
-        cutoffs: list[datetime] = []
+        parts: list[_Part] = []
         for scope, rule, result in scopes:
             if scope not in held:
                 continue
             if rule is not None:
                 cutoff = rule.cutoff(self.now, self.days)
                 assert cutoff is not None  # keep-forever policies are not swept
-                parts.append((rule.name, governance.governed_q(rule) & Q(date_done__lt=cutoff), result))
-                cutoffs.append(cutoff)
+                parts.append(_Part(rule.name, governance.governed_q(rule), cutoff, result))
                 continue
             expires = self._remainder_expires()
             if expires is None:
                 self.notes.append("unmatched: result_expires is None, so unmatched results are kept")
                 continue
             cutoff = self.now - expires
-            parts.append(("unmatched", governance.remainder_q() & Q(date_done__lt=cutoff), result))
-            cutoffs.append(cutoff)
+            parts.append(_Part("unmatched", governance.remainder_q(), cutoff, result))
         if parts:
-            # The latest cutoff bounds the walk as an index condition: the planner
-            # does not take one from the OR of the scopes' own cutoffs, and without
-            # it the last batch walked every row that is not due yet.
-            self._delete_scopes(TaskResult, parts, bound=Q(date_done__lt=max(cutoffs)))
+            self._delete_scopes(TaskResult, parts)
         if remainder:
             self.groups_deleted = self._clean_groups()
 
@@ -670,97 +672,74 @@ class _Executor:
         return agg["n"] or 0, agg["size"] or 0
 
     def _delete_due(
-        self, model: Any, due: Q, result: ScopeResult, label: str, held_column: str = "task_id"
+        self, model: Any, matches: Q, cutoff: datetime, result: ScopeResult, label: str, held_column: str = "task_id"
     ) -> None:
-        self._delete_scopes(model, [(label, due, result)], held_column)
+        self._delete_scopes(model, [_Part(label, matches, cutoff, result)], held_column)
 
-    def _delete_scopes(
-        self,
-        model: Any,
-        parts: list[tuple[str, Q, ScopeResult]],
-        held_column: str = "task_id",
-        bound: Q | None = None,
-    ) -> None:
-        """Delete the due rows of one or more disjoint scopes ((label, due, result) each).
-
-        ``bound``: a condition every due row meets (the latest cutoff), added to the
-        walk so the database can stop where the due rows end.
-        """
+    def _delete_scopes(self, model: Any, parts: list[_Part], held_column: str = "task_id") -> None:
+        """Delete the due rows of one or more disjoint scopes: what each part
+        matches with ``date_done`` before its cutoff, not held."""
         held = ~self._held(held_column)
         if self.dry_run:
-            for _label, due, result in parts:
+            for part in parts:
+                due = part.matches & Q(date_done__lt=part.cutoff) & held
                 if model is TaskResult:
-                    result.matched, result.bytes = self._measure(due & held)
+                    part.result.matched, part.result.bytes = self._measure(due)
                 else:
-                    result.matched = model.objects.using(self.db).filter(due & held).count()
+                    part.result.matched = model.objects.using(self.db).filter(due).count()
             return
-        due = Q()
-        for _label, part_due, _result in parts:
-            due |= part_due
-        due = due & held & (bound or Q())
-        # Each row's scope, by its index in ``parts`` (a constant for a single scope).
-        if len(parts) == 1:
-            label: Any = Value(0, output_field=IntegerField())
-        else:
-            label = Case(
-                *[When(part_due, then=Value(index)) for index, (_l, part_due, _r) in enumerate(parts)],
-                default=Value(-1),
-                output_field=IntegerField(),
-            )
+        size = row_bytes_expression() if model is TaskResult else Value(0)
+        deleter = BatchDeleter(
+            model, [(part.matches, part.cutoff) for part in parts], held, self.db, self.batch_size, size
+        )
         total = None
         if self.progress is not None and self.progress.wants_totals:
-            total = model.objects.using(self.db).filter(due).count()
+            total = model.objects.using(self.db).filter(deleter.due).count()
         if self.progress is not None:
-            self.progress.start(", ".join(name for name, _due, _result in parts), total)
+            self.progress.start(", ".join(part.name for part in parts), total)
         try:
-            for batch in self._batches(model, due, label):
-                for index, (deleted, size) in batch.by_label.items():
-                    # -1 cannot happen (the rows deleted are those of some scope).
-                    result = parts[index][2]
+            for batch in self._batches(deleter):
+                for index, (deleted, nbytes) in batch.by_label.items():
+                    result = parts[index].result
                     result.matched += deleted
                     result.deleted += deleted
-                    result.bytes += size
+                    result.bytes += nbytes
                 if self.progress is not None:
                     self.progress.advance(batch.deleted)
         finally:
             if self.progress is not None:
                 self.progress.finish()
 
-    def _batches(self, model: Any, due: Q, label: Any = None) -> Iterator[Batch]:
-        """Delete the due rows batch by batch; yield each batch (counts per label).
+    def _batches(self, deleter: BatchDeleter) -> Iterator[Batch]:
+        """Delete the due rows batch by batch; yield each batch that deleted rows.
 
-        A keyset cursor on (date_done, id) starts each batch where the last ended:
-        scanning from the oldest row again would wade through the index entries of
-        every row already deleted (dead until vacuumed), making the run quadratic.
-        A row a batch skipped (changed since it was picked) was not due any more;
+        A cursor on date_done starts each batch where the last ended: scanning
+        from the oldest row again would wade through the index entries of every
+        row already deleted (dead until vacuumed), making the run quadratic. A
+        row a batch skipped (changed since it was picked) was not due any more;
         the next run looks at it again.
         """
-        size = row_bytes_expression() if model is TaskResult else Value(0)
-        deleter = BatchDeleter(model, due, self.db, self.batch_size, size, label)
         after: tuple[datetime, Any] | None = None
         while True:
-            self._check_time()
             if after is not None and self.sleep_seconds:
                 time.sleep(self.sleep_seconds)
+            self._check_time()
             self._renew()
             batch = deleter(after)
             if batch.deleted:
-                after = batch.last
                 yield batch
-            if batch.deleted < self.batch_size:
-                # The due rows past the cursor are used up. (A batch also comes back
-                # short when rows changed after they were picked: what is due behind
-                # them waits for the next run.)
+            if batch.done:
                 return
+            after = batch.last
 
     def _clean_groups(self) -> int:
         expires = self._remainder_expires()
         if expires is None:
             return 0
-        due = Q(date_done__lt=self.now - expires)
+        cutoff = self.now - expires
         result = ScopeResult()
         # A hold placed on a group id keeps the group result too.
-        self._delete_due(GroupResult, due, result, "groups", held_column="group_id")
+        self._delete_due(GroupResult, Q(), cutoff, result, "groups", held_column="group_id")
         if self.dry_run:
             self.notes.append(f"dry run: {result.matched} expired group results would be deleted")
         return result.deleted

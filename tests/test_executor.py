@@ -177,19 +177,44 @@ def test_tier_selection_runs_only_that_tier(make_result):
     assert [p["name"] for p in report["policies"]] == ["weekly-x"]
 
 
-def test_batches_are_separate_deletes_in_date_done_order(make_result):
+def _taskresult_deletes(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"] and "taskresult" in q["sql"]]
+
+
+def _window_ends(queries: CaptureQueriesContext, limit: int) -> list[str]:
+    """PostgreSQL's reads of where each date_done window ends (see batches.py)."""
+    return [
+        q["sql"] for q in queries.captured_queries
+        if q["sql"].startswith("SELECT") and "taskresult" in q["sql"] and f"OFFSET {limit} LIMIT 1" in q["sql"]
+    ]
+
+
+def test_batches_are_separate_deletes_in_date_done_order(make_result, vendor):
     for i in range(7):
         make_result(task_id=f"t{i}", age=(10 - i) * DAY)
     with CaptureQueriesContext(connection) as queries:
-        report = run(batch_size=3).report
-    deletes = [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"]]
-    # failures-7d and the remainder share one walk: 3 + 3 + 1 (a short batch ends it).
-    assert len([d for d in deletes if "taskresult" in d]) == 3
-    assert all("ORDER BY" in d and "date_done" in d for d in deletes if "taskresult" in d)
+        report = run(batch_size=3, max_runtime_seconds=None).report
+    deletes = _taskresult_deletes(queries)
+    # failures-7d and the remainder share one walk: 3 + 3 + 1.
+    assert len(deletes) == 3
+    if vendor == "postgresql":
+        # Windows of date_done: the first open below, the last open above.
+        assert len(_window_ends(queries, 3)) == 3
+        assert '"date_done" >=' not in deletes[0] and all('"date_done" >=' in d for d in deletes[1:])
+    else:
+        assert all("ORDER BY" in d and "date_done" in d for d in deletes)
     assert report["unmatched"]["deleted"] == 7
 
 
-def test_the_cursor_walks_past_rows_with_the_same_date_done(make_result):
+def test_an_interrupted_walk_took_the_oldest_rows_first(make_result):
+    for i in range(6):
+        make_result(task_id=f"t{i}", age=(10 - i) * DAY)
+    first = run(batch_size=2, sleep_seconds=0.3, max_runtime_seconds=0.2)
+    assert first.status == "partial" and first.deleted == 2
+    assert ids_left() == {f"t{i}" for i in range(2, 6)}
+
+
+def test_the_cursor_walks_past_rows_with_the_same_date_done(make_result, vendor):
     """Ties on date_done are ordered by id: a batch ending inside a tie resumes after it."""
     same = timezone.now().replace(microsecond=0) - 3 * DAY  # no fraction: the plainest text form
     for i in range(7):
@@ -198,13 +223,50 @@ def test_the_cursor_walks_past_rows_with_the_same_date_done(make_result):
     make_result(task_id="later", age=2 * DAY)
     with CaptureQueriesContext(connection) as queries:
         report = run(batch_size=3).report
-    deletes = [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"] and "taskresult" in q["sql"]]
+    deletes = _taskresult_deletes(queries)
     assert report["unmatched"]["deleted"] == 8
     assert ids_left() == set()
-    assert len(deletes) == 3  # 3 + 3 + 2: nothing deleted twice, nothing skipped
+    ordered = [d for d in deletes if "ORDER BY" in d]
+    if vendor == "postgresql":
+        # Seven rows at one date_done make no window of three: they are picked in
+        # id order, 3 + 3; the last tie and "later" fit the final window.
+        assert len(ordered) == 2
+    else:
+        assert len(deletes) == len(ordered) == 3  # 3 + 3 + 2: nothing deleted twice, nothing skipped
 
 
-def test_policies_and_remainder_share_one_walk_each_counted_for_itself(make_result):
+def test_postgresql_windows_count_every_scope_and_estimate_bytes_from_a_sample(make_result, vendor):
+    from retention_admin import batches
+
+    if vendor != "postgresql":
+        pytest.skip("date_done windows are PostgreSQL's walk")
+    policy("reports-2d", task_name_pattern="reports.*", keep_for=2 * DAY, priority=1)
+    policy("mail-2d", task_name_pattern="mail.*", keep_for=2 * DAY, priority=2)
+    windows = batches.SAMPLE_FIRST + 6
+    for i in range(windows * 2):
+        # Within a scope every row has the same size: an estimate from the mean is exact.
+        make_result(task_id=f"r{i:03d}", task_name="reports.build", result='"' + "r" * 500 + '"', age=(3 + i / 10) * DAY)
+        make_result(task_id=f"m{i:03d}", task_name="mail.send", result='"m"', age=(3 + i / 10 + 0.05) * DAY)
+    dry = {p["name"]: p for p in run(dry_run=True).report["policies"]}
+    with CaptureQueriesContext(connection) as queries:
+        report = run(batch_size=4).report
+    by_name = {p["name"]: p for p in report["policies"]}
+    assert ids_left() == set()
+    assert by_name["reports-2d"]["deleted"] == by_name["mail-2d"]["deleted"] == windows * 2
+    deletes = _taskresult_deletes(queries)
+    returning = [d for d in deletes if "RETURNING" in d]
+    plain = [d for d in deletes if "RETURNING" not in d]
+    assert len(returning) == batches.SAMPLE_FIRST  # the sampled windows (the tenth is not one)
+    # The others: one DELETE for each scope that can have rows there: reports-2d,
+    # mail-2d and the remainder; the seeded failures-7d cannot, in windows that
+    # start less than 7 days ago.
+    assert len(plain) == 3 * (windows - batches.SAMPLE_FIRST)
+    for name in ("reports-2d", "mail-2d"):
+        assert by_name[name]["bytes"] == dry[name]["bytes"] > 0
+    assert by_name["reports-2d"]["bytes"] > 3 * by_name["mail-2d"]["bytes"]  # each at its own mean
+
+
+def test_policies_and_remainder_share_one_walk_each_counted_for_itself(make_result, vendor):
     """One DELETE per batch serves every plain scope; each keeps its own cutoff and count."""
     policy("reports-2d", task_name_pattern="reports.*", keep_for=2 * DAY, priority=1)
     policy("mail-10d", task_name_pattern="mail.*", keep_for=10 * DAY, priority=2)
@@ -218,7 +280,7 @@ def test_policies_and_remainder_share_one_walk_each_counted_for_itself(make_resu
     RetentionHold.objects.create(task_id="r7", reason="kept for a ticket")
     with CaptureQueriesContext(connection) as queries:
         report = run(batch_size=5).report
-    deletes = [q["sql"] for q in queries.captured_queries if "DELETE FROM" in q["sql"] and "taskresult" in q["sql"]]
+    deletes = _taskresult_deletes(queries)
 
     reports_kept = {f"r{i}" for i in range(2)} | {"r7"}
     mail_kept = {f"m{i}" for i in range(10)}
@@ -230,8 +292,12 @@ def test_policies_and_remainder_share_one_walk_each_counted_for_itself(make_resu
     assert by_name["audit-forever"]["deleted"] == 0
     assert report["unmatched"] == {"matched": 11, "deleted": 11}
     assert report["totals"]["deleted"] == 22
-    # 22 rows in batches of 5: five DELETEs for all scopes together, not one walk each.
-    assert len(deletes) == 5
+    if vendor == "postgresql":
+        # 44 rows older than the latest cutoff (a day), in windows of 5: one walk.
+        assert len(_window_ends(queries, 5)) == 9
+    else:
+        # 22 rows in batches of 5: five DELETEs for all scopes together, not one walk each.
+        assert len(deletes) == 5
     assert by_name["reports-2d"]["bytes"] > 0 and by_name["mail-10d"]["bytes"] > 0
 
 
