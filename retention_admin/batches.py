@@ -100,8 +100,8 @@ class BatchDeleter:
         # The latest cutoff bounds the walk as an index condition: the planner does
         # not take one from the OR of the scopes' own cutoffs, and without it the
         # last batch walked every row that is not due yet.
-        self.bound = bound = max(cutoff for _matches, cutoff in parts)
         self.cutoffs = [cutoff for _matches, cutoff in parts]
+        self.bound = bound = max(self.cutoffs)
         dues = [matches & Q(date_done__lt=cutoff) for matches, cutoff in parts]
         common = common & Q(date_done__lt=bound)
         due = Q()
