@@ -182,7 +182,17 @@ class BatchDeleter:
                 )
             else:
                 batch = self._delete_returning(after)
-        return replace(batch, done=batch.deleted < self.limit)
+        if batch.deleted >= self.limit:
+            return batch
+        # Fewer rows went than a batch takes. Usually nothing due is left, but a row
+        # picked and then changed (re-run, stored again) is skipped by the DELETE's
+        # own re-check and shortens the batch too: the walk ends only when no due
+        # row is left past the cursor.
+        return replace(batch, done=not self.remaining(batch.last or after))
+
+    def remaining(self, after: Cursor | None) -> bool:
+        """Is any row still due past ``after``?"""
+        return bool(self.model._default_manager.using(self.using).filter(self.due & after_cursor(after)).exists())
 
     def _window_end(self, low: datetime | None) -> datetime | None:
         """Where the window from ``low`` ends: the date_done of the row ``limit``

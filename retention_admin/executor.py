@@ -30,10 +30,11 @@ from django_celery_results.models import ChordCounter, GroupResult, TaskResult
 from . import archive, conf
 from .batches import Batch, BatchDeleter
 from .celery_config import result_expires
+from .keep import header_task_ids, kept_q
 from .leases import Lease, LeaseBusy, make_holder
 from .matching import Governance, Rule, row_bytes_expression
 from .validators import MAX_KEEP_FOR
-from .models import ArchiveBatch, ArchivedResult, ChordCounterSighting, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
+from .models import ArchiveBatch, ChordCounterSighting, CleanupRun, RetentionPolicy, RetentionTier
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ REMAINDER_SCOPE = "remainder"
 REDIS_SCOPE = "redis"
 BACKENDS = ("database", "redis", "all")
 CHORD_CHUNK = 500
+# Batches in a row that may delete nothing while due rows remain (see _batches).
+IDLE_BATCHES = 3
 # Rows read per query while archiving (~4 MB of records): reads hold no locks, so
 # they need not follow BATCH_SIZE (the deletes do); small enough to keep memory flat.
 ARCHIVE_READ_ROWS = 2500
@@ -211,6 +214,8 @@ class _Executor:
         self.busy: list[str] = []
         self.failures: list[str] = []
         self.stopped = False
+        # A scope left with due rows for a reason other than time (the run is partial).
+        self.incomplete = False
         self.lease: Lease | None = None
         # Every lease the current work holds (a sweep holds one per scope).
         self.leases: list[Lease] = []
@@ -301,7 +306,7 @@ class _Executor:
             status = CleanupRun.Status.FAILED
         elif scopes and len(self.busy) == scopes:
             status = CleanupRun.Status.SKIPPED
-        elif self.stopped or self.busy:
+        elif self.stopped or self.busy or self.incomplete:
             status = CleanupRun.Status.PARTIAL
         else:
             status = CleanupRun.Status.SUCCEEDED
@@ -432,29 +437,9 @@ class _Executor:
 
     # -- the work ---------------------------------------------------------
     def _held(self, column: str = "task_id") -> Q:
-        """Rows an active hold protects; evaluated inside every DELETE when possible."""
-        holds = RetentionHold.objects.active(self.now)
-        hold_db = router.db_for_read(RetentionHold)
-        if hold_db == self.db:
-            held = Q(**{f"{column}__in": holds.using(self.db).values("task_id")})
-        else:
-            # Holds on another database cannot be joined in SQL: read them when building the filter.
-            held = Q(**{f"{column}__in": list(holds.using(hold_db).values_list("task_id", flat=True))})
-        if column != "task_id":
-            return held
-        # Results restored from an archive are protected for the batch's grace period.
-        # The (few) batches in grace are looked up first: a subquery joining every
-        # look-up row to its batch made each statement scan the whole look-up table.
-        grace_db = router.db_for_read(ArchivedResult)
-        graced = list(
-            ArchiveBatch.objects.using(grace_db).filter(grace_until__gt=self.now).values_list("pk", flat=True)
-        )
-        if not graced:
-            return held
-        restored = ArchivedResult.objects.using(grace_db).filter(batch_id__in=graced)
-        if grace_db == self.db:
-            return held | Q(task_id__in=restored.values("task_id"))
-        return held | Q(task_id__in=list(restored.values_list("task_id", flat=True)))
+        """Rows kept whatever their policy says (keep.kept_q): evaluated inside every
+        DELETE, so a hold or a restore made during the run protects at once."""
+        return kept_q(self.now, using=self.db, column=column)
 
     def _clean_redis(self, governance: Governance, rules: list[Rule]) -> dict[str, Any] | None:
         """The Redis part (redis_scan.Enforcer) under its own lease; None when Redis is not configured.
@@ -720,6 +705,7 @@ class _Executor:
         the next run looks at it again.
         """
         after: tuple[datetime, Any] | None = None
+        idle = 0
         while True:
             if after is not None and self.sleep_seconds:
                 time.sleep(self.sleep_seconds)
@@ -730,7 +716,17 @@ class _Executor:
                 yield batch
             if batch.done:
                 return
-            after = batch.last
+            # A batch that deleted nothing leaves the cursor where it was: its rows
+            # changed under it and are judged again. Rows that keep changing are left
+            # to the next run rather than retried without end.
+            idle = idle + 1 if not batch.deleted else 0
+            if idle >= IDLE_BATCHES:
+                self.incomplete = True
+                self.notes.append(
+                    "due rows kept changing while they were deleted; the next run continues"
+                )
+                return
+            after = batch.last or after
 
     def _clean_groups(self) -> int:
         expires = self._remainder_expires()
@@ -745,19 +741,23 @@ class _Executor:
         return result.deleted
 
     def _clean_chord_counters(self) -> int:
-        """Delete ChordCounters whose chord has completed or can no longer complete.
+        """Delete ChordCounters whose chord can no longer complete.
 
-        Orphaned: every header result is finished (a ready state) or gone, and the
-        newest ``date_done`` among them is older than ``result_expires``. When no
-        header row exists at all, the counter's first sighting stands in for that
-        date: it keeps a chord whose header tasks are still queued (no rows yet)
-        from looking like one whose rows were deleted long ago.
+        django-celery-results deletes a counter itself when the last header part
+        reports, so a counter left over means some part never reported. One is
+        deleted only when every header task has a result row, all in a ready
+        state, the newest older than ``result_expires``. A header task with no row
+        yet may still be queued (a backlog, an ETA, a rate limit): its counter is
+        kept, because without it the chord's callback would never run (and while
+        it exists, keep.kept_q keeps the header results the callback will read).
+        Sightings record when each counter was first seen, for the notes.
         """
         expires = self._remainder_expires()
         if expires is None:
             return 0
         cutoff = self.now - expires
-        deleted = would_delete = 0
+        deleted = would_delete = waiting = 0
+        oldest_wait: datetime | None = None
         last_id = 0
         counters = ChordCounter.objects.using(self.db)
         sightings = ChordCounterSighting.objects.using(self.db)
@@ -782,7 +782,7 @@ class _Executor:
             header: dict[int, list[str]] = {}
             for counter in chunk:
                 try:
-                    header[counter["id"]] = list(_header_task_ids(json.loads(counter["sub_tasks"])))
+                    header[counter["id"]] = list(header_task_ids(json.loads(counter["sub_tasks"])))
                 except (ValueError, TypeError, IndexError):
                     self.notes.append(
                         f"chord counter {counter['group_id']}: unreadable sub_tasks, kept"
@@ -797,16 +797,17 @@ class _Executor:
             orphans = Q()
             for counter in chunk:
                 ids = header.get(counter["id"])
-                if ids is None:
+                if not ids:
                     continue
-                rows = [found[tid] for tid in ids if tid in found]
+                if any(tid not in found for tid in ids):
+                    # A part with no result yet may still be queued: the chord can complete.
+                    waiting += 1
+                    oldest_wait = min(oldest_wait or self.now, seen.get(counter["group_id"], self.now))
+                    continue
+                rows = [found[tid] for tid in ids]
                 if any(status not in states.READY_STATES for status, _done in rows):
                     continue
-                if rows:
-                    newest = max(done for _status, done in rows)
-                else:
-                    # No header row at all: still queued, or long gone? Only time tells.
-                    newest = seen.get(counter["group_id"], self.now)
+                newest = max(done for _status, done in rows)
                 if newest < cutoff:
                     # Only if the count is still what we judged: no part returned since.
                     orphans |= Q(id=counter["id"], count=counter["count"])
@@ -821,6 +822,11 @@ class _Executor:
         if not self.dry_run:
             # Forget sightings of counters that are gone (completed or deleted).
             sightings.exclude(group_id__in=counters.values("group_id")).delete()
+        if waiting:
+            self.notes.append(
+                f"{waiting} chord counters kept: a header task has no result yet "
+                f"(first seen waiting {oldest_wait:%Y-%m-%d %H:%M} or earlier)"
+            )
         if self.dry_run:
             self.notes.append(f"dry run: {would_delete} orphaned chord counters would be deleted")
         return deleted
@@ -874,13 +880,3 @@ class _Deletions:
 def _close_connections(aliases: list[str]) -> None:
     for alias in aliases:
         connections[alias].close()
-
-
-def _header_task_ids(results: list[Any]) -> Iterator[str]:
-    """Task ids in a ChordCounter's ``sub_tasks`` (nested result tuples, see result_from_tuple)."""
-    for item in results:
-        res, nodes = item
-        if nodes:
-            yield from _header_task_ids(nodes)
-        else:
-            yield res[0] if isinstance(res, (list, tuple)) else res

@@ -8,6 +8,12 @@ SQLite (Python ``re``), PostgreSQL (ARE) and MySQL/MariaDB (PCRE/ICU):
 * ``*`` any run of characters, ``?`` one character;
 * ``[abc]``, ``[a-z0-9]``, ``[!abc]`` a set of letters, digits, ``_ . : - @ /``;
 * everything else printable stands for itself; no whitespace or control characters.
+
+The *names* matched are free text (any Unicode, newlines included), so the
+anchors and the dot differ by engine: ``fnmatch`` lets ``*`` cross a newline and
+anchors at the very end of the string, while a plain ``.`` in Python ``re`` and
+PCRE stops at a newline and their ``$`` also matches before a final one.
+``anchored`` writes each engine's exact form.
 """
 
 from __future__ import annotations
@@ -70,10 +76,13 @@ def _parse_set(pattern: str, start: int) -> tuple[str, int]:
 
 
 def glob_to_regex(pattern: str) -> str:
-    """Return an anchored regular expression equivalent to ``pattern``; raise GlobError."""
+    """Return the regular expression of ``pattern``, unanchored; raise GlobError.
+
+    Use ``anchored`` for the form an engine takes.
+    """
     if len(pattern) > MAX_LENGTH:
         raise GlobError(f"the pattern is longer than {MAX_LENGTH} characters")
-    out = ["^"]
+    out = []
     i = 0
     while i < len(pattern):
         char = pattern[i]
@@ -93,8 +102,27 @@ def glob_to_regex(pattern: str) -> str:
         else:
             out.append(_escape(char))
             i += 1
-    out.append("$")
     return "".join(out)
+
+
+# Per engine: what makes "." match every character, the start and the very end.
+_ANCHORS = {
+    # Python re (SQLite's REGEXP): DOTALL, and \Z is the end of the string only.
+    "python": ("(?s)^", "\\Z"),
+    # PostgreSQL AREs are not newline-sensitive by default: "." matches \n, "$" is the end.
+    "postgresql": ("^", "$"),
+    # PCRE (MariaDB): case-sensitive under a case-insensitive collation, DOTALL, \z the end.
+    "mariadb": ("(?-i)(?s)^", "\\z"),
+    # ICU (MySQL 8): DOTALL, \z the end (case sensitivity is REGEXP_LIKE's 'c').
+    "mysql": ("(?s)^", "\\z"),
+}
+
+
+def anchored(pattern: str, engine: str) -> str:
+    """The regular expression matching exactly what ``fnmatch.fnmatchcase`` matches,
+    for ``engine`` (python, postgresql, mariadb, mysql); raise GlobError."""
+    start, end = _ANCHORS[engine]
+    return start + glob_to_regex(pattern) + end
 
 
 def validate_glob(pattern: str) -> None:

@@ -19,7 +19,7 @@ from django.db.models.expressions import Expression
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import GreaterThanOrEqual, Lookup
 
-from .globs import glob_to_regex
+from .globs import anchored
 
 # The TaskResult text columns whose size estimates the space a result occupies.
 SIZE_COLUMNS = ("result", "traceback", "meta", "task_args", "task_kwargs")
@@ -38,28 +38,33 @@ class OctetLength(Func):
         return self.as_sql(compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))")
 
 
-class GlobRegex(Lookup):
-    """Case-sensitive match of a column against a regex from ``glob_to_regex``."""
+class GlobMatch(Lookup):
+    """``fnmatch.fnmatchcase(column, pattern)`` in SQL: true or false, never NULL.
+
+    A NULL column (a result stored without a task name) is false. The COALESCE
+    matters beyond NOT: SQLite evaluates ``task_name IS NULL`` wrongly inside a
+    ``DELETE ... RETURNING`` list (true for a NULL name), which booked nameless
+    results to the wrong scope; the match itself is NULL there, and COALESCE is not.
+    """
 
     lookup_name = "retention_glob"
     prepare_rhs = False
 
     def as_sql(self, compiler: Any, connection: Any) -> Any:
         lhs, lhs_params = self.process_lhs(compiler, connection)
-        rhs, rhs_params = self.process_rhs(compiler, connection)
         vendor = connection.vendor
         if vendor == "postgresql":
-            sql = f"{lhs} ~ {rhs}"
+            sql, engine = f"COALESCE({lhs} ~ %s, false)", "postgresql"
         elif vendor == "mysql" and connection.mysql_is_mariadb:
-            # REGEXP BINARY would match bytes, not characters; (?-i) makes PCRE
-            # case-sensitive under a case-insensitive collation instead.
-            sql = f"{lhs} REGEXP CONCAT('(?-i)', {rhs})"
+            # REGEXP BINARY would match bytes, not characters; (?-i) in the
+            # expression makes PCRE case-sensitive under a case-insensitive collation.
+            sql, engine = f"COALESCE({lhs} REGEXP %s, 0)", "mariadb"
         elif vendor == "mysql":
-            sql = f"REGEXP_LIKE({lhs}, {rhs}, 'c')"
+            sql, engine = f"COALESCE(REGEXP_LIKE({lhs}, %s, 'c'), 0)", "mysql"
         else:
-            # SQLite: Django registers REGEXP as Python's re.search.
-            sql = f"{lhs} REGEXP {rhs}"
-        return sql, (*lhs_params, *rhs_params)
+            # SQLite: Django registers REGEXP as Python's re.search (NULL for NULL).
+            sql, engine = f"COALESCE({lhs} REGEXP %s, 0)", "python"
+        return sql, (*lhs_params, anchored(self.rhs, engine))
 
 
 def result_size_expression(column: str = "result") -> Expression:
@@ -116,8 +121,8 @@ class Rule:
         """SQL filter selecting the results this rule's matchers match (never NULL)."""
         q = Q()
         if self.task_name_pattern:
-            regex = glob_to_regex(self.task_name_pattern)
-            q &= Q(task_name__isnull=False) & Q(GlobRegex(F("task_name"), Value(regex)))
+            # Never true for a NULL name: a nameless result matches only a blank pattern.
+            q &= Q(GlobMatch(F("task_name"), self.task_name_pattern))
         if self.statuses:
             q &= Q(status__in=self.statuses)
         if self.min_result_bytes is not None:

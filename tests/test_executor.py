@@ -447,15 +447,39 @@ def test_orphaned_chord_counters(make_result):
     assert left == {"still-running", "finished-recently", "queued-no-rows-yet"}
     assert report["chord_counters"] == {"deleted": 1}
 
-    # A counter with no result rows goes only once it has been seen for result_expires.
+    # A counter with a header task that has no result row may still complete (the
+    # task may be queued): it stays however long it has been seen waiting.
     ChordCounterSighting.objects.filter(group_id="queued-no-rows-yet").update(
-        first_seen=timezone.now() - 2 * DAY
+        first_seen=timezone.now() - 30 * DAY
     )
-    run()
+    report = run().report
     assert set(ChordCounter.objects.values_list("group_id", flat=True)) == {
-        "still-running", "finished-recently",
+        "still-running", "finished-recently", "queued-no-rows-yet",
     }
-    assert not ChordCounterSighting.objects.filter(group_id="queued-no-rows-yet").exists()
+    assert any("1 chord counters kept: a header task has no result yet" in note for note in report_notes())
+
+
+def report_notes() -> list[str]:
+    return CleanupRun.objects.latest("pk").notes
+
+
+def test_a_chord_with_a_queued_part_keeps_its_counter_and_finished_parts(make_result):
+    # Two parts finished three days ago; the third is still queued (no row yet).
+    for tid in ("part-1", "part-2"):
+        make_result(task_id=tid, age=3 * DAY)
+    _chord("header", ["part-1", "part-2", "part-3"], count=1)
+
+    run()
+
+    # The callback will read every part's result when part-3 reports: all of it stays.
+    assert ChordCounter.objects.filter(group_id="header").exists()
+    assert set(TaskResult.objects.values_list("task_id", flat=True)) == {"part-1", "part-2"}
+
+    # Once the chord completed (django-celery-results deletes the counter), its
+    # finished parts are ordinary results again.
+    ChordCounter.objects.all().delete()
+    run()
+    assert not TaskResult.objects.exists()
 
 
 def test_dry_run_does_not_record_chord_sightings():

@@ -13,12 +13,13 @@ from django_celery_results.models import TaskResult
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retention_admin.globs import GlobError, glob_to_regex
+from retention_admin.globs import GlobError, anchored, glob_to_regex
 from retention_admin.matching import Governance, Rule, row_bytes, row_bytes_expression
 
 STATES = ["SUCCESS", "FAILURE", "PENDING", "STARTED", "RETRY", "REVOKED"]
-# Task names as Celery writes them: dotted identifiers, some with - : @ /, some non-ASCII.
-NAME_CHARS = string.ascii_letters + string.digits + "._-:@/éß"
+# Task names are free text: dotted identifiers, - : @ /, non-ASCII, and whitespace
+# (a newline or carriage return is where SQL regexes and fnmatch used to disagree).
+NAME_CHARS = string.ascii_letters + string.digits + "._-:@/éß \t\n\r%\\$^"
 names = st.one_of(st.none(), st.text(NAME_CHARS, min_size=0, max_size=12))
 pattern_atoms = st.one_of(
     st.sampled_from(["*", "?", "[a-c]", "[!x-z]", "[0-9_]", "[.-]", ".", "-", "é"]),
@@ -98,8 +99,28 @@ def test_row_bytes_sql_and_python_agree():
 
 @given(pattern=patterns, name=st.text(NAME_CHARS, max_size=12))
 def test_translated_regex_means_what_fnmatch_means(pattern, name):
-    regex = glob_to_regex(pattern)
+    regex = anchored(pattern, "python")
     assert bool(re.search(regex, name)) == fnmatch.fnmatchcase(name, pattern)
+
+
+@pytest.mark.parametrize(
+    "name, matches",
+    [
+        ("critical.x", True),
+        ("critical.x\ny", True),
+        ("critical.\n", True),
+        ("critical.x\r", True),
+        ("critical\n.x", False),
+        ("x\ncritical.y", False),
+        (" critical.y", False),
+        (None, False),
+    ],
+)
+def test_names_with_line_breaks_match_as_fnmatch_says_on_every_database(db, make_result, name, matches):
+    make_result(task_id="it", task_name=name)
+    rule = Rule(name="r", priority=1, task_name_pattern="critical.*")
+    assert TaskResult.objects.filter(rule.q()).exists() is matches
+    assert TaskResult.objects.exclude(rule.q()).exists() is not matches
 
 
 @pytest.mark.parametrize(
