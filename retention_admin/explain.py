@@ -18,6 +18,7 @@ from django_celery_results.models import TaskResult
 
 from .celery_config import result_expires
 from .matching import Governance, Rule, row_bytes, text_bytes
+from .keep import waiting_chord_parts
 from .models import ArchivedResult, RetentionHold
 
 
@@ -54,11 +55,13 @@ class Explanation:
     due_at: datetime | None = None
     holds: list[RetentionHold] = field(default_factory=list)
     grace_until: datetime | None = None
+    # A header part of a chord still waiting for another part (keep.waiting_chord_parts).
+    chord_waiting: bool = False
     archives: list[ArchiveRef] = field(default_factory=list)
 
     @property
     def protected(self) -> bool:
-        return bool(self.holds) or self.grace_until is not None
+        return bool(self.holds) or self.grace_until is not None or self.chord_waiting
 
     def summary(self, now: datetime | None = None) -> str:
         now = now or timezone.now()
@@ -75,6 +78,8 @@ class Explanation:
             until = [h.until for h in self.holds] + [self.grace_until]
             if any(h.until is None for h in self.holds):
                 when = "indefinitely"
+            elif self.chord_waiting and not self.holds and self.grace_until is None:
+                when = "while its chord waits for another part"
             else:
                 when = f"until {max(u for u in until if u is not None):%Y-%m-%d %H:%M}"
             protection = f"; protected {when}"
@@ -82,7 +87,8 @@ class Explanation:
             protection = ""
         if self.keeps_forever or self.due_at is None:
             return f"{self.task_id} is governed by {who} and kept forever{protection}"
-        tense = "was due" if self.due_at <= now else "becomes due"
+        # Due means date_done < now - keep_for: at due_at itself it is not due yet.
+        tense = "was due" if self.due_at < now else "becomes due"
         return f"{self.task_id} is governed by {who}; it {tense} at {self.due_at:%Y-%m-%d %H:%M %Z}{protection}"
 
 
@@ -149,6 +155,7 @@ def explain(task_id: str, *, using: str | None = None, now: datetime | None = No
         a.batch.grace_until for a in archived if a.batch.grace_until is not None and a.batch.grace_until > now
     ]
     result.grace_until = max(graces) if graces else None
+    result.chord_waiting = task_id in waiting_chord_parts()
     return result
 
 
@@ -174,6 +181,7 @@ def as_dict(explanation: Explanation, now: datetime | None = None) -> dict[str, 
         ],
         "holds": [{"reason": h.reason, "until": iso(h.until)} for h in e.holds],
         "restore_grace_until": iso(e.grace_until),
+        "chord_waiting": e.chord_waiting,
         "archives": [
             {"batch": a.batch, "status": a.status, "policy": a.policy, "date_done": iso(a.date_done),
              "archived_at": iso(a.archived_at), "run": a.run}

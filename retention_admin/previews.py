@@ -27,7 +27,8 @@ from django_celery_results.models import TaskResult
 
 from .celery_config import result_expires
 from .matching import Governance, Rule, row_bytes_expression
-from .models import RetentionHold, RetentionPolicy
+from .keep import kept_q
+from .models import RetentionPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +197,6 @@ def planner_estimate(queryset: QuerySet[Any]) -> int | None:
         return None
 
 
-def held_q() -> Q:
-    return Q(task_id__in=RetentionHold.objects.active().values("task_id"))
-
-
 def governance_with(rule: Rule | None, replacing: str | None = None) -> Governance:
     """Today's governance with ``rule`` in place of the stored policy ``replacing``."""
     current = Governance.load()
@@ -229,7 +226,7 @@ def newly_due(policy: RetentionPolicy, original_name: str | None, now: datetime 
     before = Governance.load()
     rule = Rule.from_policy(policy) if policy.enabled else None
     after = governance_with(rule, replacing=original_name)
-    queryset = TaskResult.objects.using(db).filter(due_q(after, now)).exclude(due_q(before, now)).exclude(held_q())
+    queryset = TaskResult.objects.using(db).filter(due_q(after, now)).exclude(due_q(before, now)).exclude(kept_q(now, using=db))
     return capped_count(queryset, cap, Deadline(db, CONFIRM_STATEMENT_SECONDS))
 
 
@@ -261,7 +258,7 @@ def preview_policy(policy: RetentionPolicy, now: datetime | None = None, seconds
         size, estimated = 0, False
         notes.append("It keeps results forever: nothing it governs is ever due.")
     else:
-        due_qs = governed.filter(date_done__lt=cutoff).exclude(held_q())
+        due_qs = governed.filter(date_done__lt=cutoff).exclude(kept_q(now, using=db))
         due = capped_count(due_qs, deadline=deadline)
         examples_qs = due_qs.order_by("date_done")
         size, estimated = _estimate_bytes(due_qs, due, deadline)

@@ -176,3 +176,28 @@ def test_kept_q_names_holds_grace_and_waiting_chords(make_result):
 
     kept = set(TaskResult.objects.filter(kept_q(now, using="default")).values_list("task_id", flat=True))
     assert kept == {"held", "graced", "chord-part"}
+
+
+def test_explain_and_the_walk_agree_at_the_cutoff_and_on_waiting_chords(make_result):
+    import time_machine
+    from django_celery_results.models import ChordCounter
+
+    from retention_admin.explain import explain
+
+    only_policies(day={"keep_for": DAY, "priority": 1})
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        make_result(task_id="at-cutoff", age=DAY)
+        make_result(task_id="just-older", age=DAY + timedelta(microseconds=1))
+        make_result(task_id="just-younger", age=DAY - timedelta(microseconds=1))
+        make_result(task_id="chord-part", age=3 * DAY)
+        ChordCounter.objects.create(group_id="g", sub_tasks='[[["chord-part", null], null], [["q", null], null]]', count=1)
+
+        assert "becomes due" in explain("at-cutoff").summary(now)
+        assert "was due" in explain("just-older").summary(now)
+        chord = explain("chord-part")
+        assert chord.chord_waiting and chord.protected
+        assert "while its chord waits" in chord.summary(now)
+
+        run()
+    assert ids_left() == {"at-cutoff", "just-younger", "chord-part"}
