@@ -221,6 +221,7 @@ class _Executor:
         self.leases: list[Lease] = []
         self.groups_deleted = self.chords_deleted = 0
         self.cleanup_run: CleanupRun | None = None
+        self.kept: dict[str, Q] = {}
 
     # -- bookkeeping -------------------------------------------------------
     def _selected_rules(self, governance: Governance) -> list[Rule]:
@@ -271,6 +272,8 @@ class _Executor:
                 self._refresh_sqlite_statistics()
             governance = Governance.load()
             rules = self._selected_rules(governance)
+            for column in ("task_id", "group_id"):
+                self._held(column)
             # Plain deletion scopes share one walk of the date_done index (_sweep);
             # archive policies and keep-forever ones are handled one by one.
             sweep: list[tuple[str, Rule | None, ScopeResult]] = []
@@ -438,8 +441,14 @@ class _Executor:
     # -- the work ---------------------------------------------------------
     def _held(self, column: str = "task_id") -> Q:
         """Rows kept whatever their policy says (keep.kept_q): evaluated inside every
-        DELETE, so a hold or a restore made during the run protects at once."""
-        return kept_q(self.now, using=self.db, column=column)
+        DELETE, so a hold or a restore made during the run protects at once.
+
+        Built once per run and column, the first time at the run's start: the
+        waiting chords it names are those before this run's chord pass.
+        """
+        if column not in self.kept:
+            self.kept[column] = kept_q(self.now, using=self.db, column=column)
+        return self.kept[column]
 
     def _clean_redis(self, governance: Governance, rules: list[Rule]) -> dict[str, Any] | None:
         """The Redis part (redis_scan.Enforcer) under its own lease; None when Redis is not configured.

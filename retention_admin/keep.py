@@ -39,28 +39,29 @@ def kept_q(now: datetime, *, using: str, column: str = "task_id") -> Q:
     """Rows of the result table on ``using`` that are kept at ``now``; ``column``
     holds the id a hold names (``task_id`` for TaskResult, ``group_id`` for GroupResult).
 
-    Where the hold, archive and chord tables share the result table's database,
-    each part is a subquery that the database evaluates in every statement: what
-    is created during a run counts from the next statement. Tables on another
-    database are read once, here, and passed as one array parameter (which scales
-    to any number of ids, unlike a list of literals).
+    Where the hold and archive tables share the result table's database, each is
+    a subquery that the database evaluates in every statement: what is created
+    during a run counts from the next statement. Tables on another database, and
+    the chords' parts (ids inside a JSON column), are read once, here, and passed
+    as one array parameter (which scales to any number of ids, unlike a list of
+    literals). Build it once per run, before anything is deleted.
     """
     holds = RetentionHold.objects.active(now)
     q = _in(column, holds, "task_id", using)
     graced = ArchivedResult.objects.filter(
         batch_id__in=ArchiveBatch.objects.filter(grace_until__gt=now).values("pk")
     )
+    # Chords still waiting, as their counters stand now: a chord applied later has
+    # parts younger than any cutoff, and a counter deleted during the run (by its
+    # chord pass) only keeps its parts and group one run longer, so that a dry
+    # run and the real run after it count the same rows.
     if column != "task_id":
-        return q | _in(column, ChordCounter.objects.all(), "group_id", using)
+        groups = list(ChordCounter.objects.using(router.db_for_read(ChordCounter)).values_list("group_id", flat=True))
+        return q | Q(InArray(column, groups)) if groups else q
     q |= _in(column, graced, "task_id", using)
-    # The header parts of chords still waiting. TaskResult has no group column, so
-    # their ids come from the counters, read now: a chord applied later has parts
-    # younger than any cutoff, and a counter that goes during the run only means
-    # its parts are kept one run longer.
+    # TaskResult has no group column: the header parts' ids come from the counters.
     parts = waiting_chord_parts()
-    if parts:
-        q |= Q(InArray(column, sorted(parts)))
-    return q
+    return q | Q(InArray(column, sorted(parts))) if parts else q
 
 
 def waiting_chord_parts() -> set[str]:

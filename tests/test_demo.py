@@ -115,3 +115,27 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+@pytest.mark.django_db
+def test_dry_run_and_real_run_count_the_same_on_the_demo_history(tmp_path) -> None:
+    """What `make demo` shows: every policy's dry-run figure equals the real run's."""
+    import time_machine
+    from django.test import override_settings
+
+    with time_machine.travel(NOW, tick=False), override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(tmp_path)}):
+        generate_history(results=3000, days=90, seed=11, now=NOW)
+        enable_demo_policies()
+        dry, real = _cleanup("--dry-run"), _cleanup()
+    by_name = lambda report, key: {p["name"]: p[key] for p in report["policies"]}  # noqa: E731
+    assert by_name(dry, "matched") == by_name(real, "matched") == by_name(real, "deleted")
+    assert dry["unmatched"]["matched"] == real["unmatched"]["deleted"]
+    assert dry["totals"]["matched"] == real["totals"]["deleted"] > 0
+
+
+def _cleanup(*args: str) -> dict:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("cleanup_results", *args, "--json", "--no-progress", stdout=out)
+    return json.loads(out.getvalue())

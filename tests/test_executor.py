@@ -498,8 +498,11 @@ def test_chord_counters_are_judged_before_their_header_results_are_deleted(make_
 
     real = run()
     assert real.report["chord_counters"] == {"deleted": 1}  # the same as the dry run said
-    assert real.report["unmatched"]["deleted"] == 2
+    # Its parts were kept by the counter when the run started: they go in the next
+    # run, so that the dry run and the real run count the same results.
+    assert real.report["unmatched"]["deleted"] == dry.report["unmatched"]["matched"] == 0
     assert not ChordCounter.objects.exists()
+    assert run().report["unmatched"]["deleted"] == 2
 
 
 def test_select_then_delete_fallback_for_databases_without_delete_returning(make_result):
