@@ -10,11 +10,13 @@ dashboard and ``manage.py check`` always agree.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from . import checks
+from .matching import Governance, Rule
 from .models import CleanupRun, RetentionPolicy, StorageSnapshot
 from .report import human_bytes
 
@@ -81,11 +83,43 @@ def ungoverned_top_tasks(snapshot: StorageSnapshot, policies: list[RetentionPoli
     return out
 
 
+def taken_by(
+    rule: Rule, ahead: Sequence[Rule], names: Sequence[str | None], statuses: Sequence[str]
+) -> list[str]:
+    """The policies ahead of ``rule`` taking every stored result it matches; [] if it may govern one.
+
+    A snapshot gives task names and statuses, not which status each name has, so
+    every stored name is paired with every stored status: ``rule`` is said to
+    govern nothing only when no such pair is left to it.
+    """
+    # Its own size matcher lets some results through, whatever their name and status;
+    # a policy ahead with a size minimum takes only the larger ones, and matches()
+    # with result=None is true only for a policy ahead that takes them all.
+    unsized = replace(rule, min_result_bytes=None)
+    takers: list[str] = []
+    for name in names:
+        for status in statuses:
+            if not unsized.matches(task_name=name, status=status, result=None):
+                continue
+            taker = next(
+                (r for r in ahead if r.matches(task_name=name, status=status, result=None)), None
+            )
+            if taker is None:
+                return []
+            if taker.name not in takers:
+                takers.append(taker.name)
+    return takers
+
+
 def idle_policies(snapshot: StorageSnapshot | None, policies: list[RetentionPolicy]) -> list[Recommendation]:
     out: dict[str, Recommendation] = {}
     if snapshot is not None and snapshot.task_profile:
         names = [n for n in snapshot.task_profile if n]
         present = {s for s, n in (snapshot.rows_by_status or {}).items() if n}
+        # A stored result without a task name (key "") matches only a blank pattern.
+        stored_names = [n or None for n in snapshot.task_profile]
+        rules = Governance(Rule.from_policy(p) for p in policies).rules
+        position = {rule.name: i for i, rule in enumerate(rules)}
         for policy in policies:
             reasons = []
             if policy.task_name_pattern and not any(
@@ -100,6 +134,19 @@ def idle_policies(snapshot: StorageSnapshot | None, policies: list[RetentionPoli
                     "In the latest snapshot " + "; ".join(reasons) + ". Check its pattern, or disable it.",
                     policy.name,
                 )
+            elif policy.keep_for is None and present:
+                # Its run history says nothing (see below): whether it governs any
+                # stored result is the signal for a keep-forever policy.
+                i = position[policy.name]
+                takers = taken_by(rules[i], rules[:i], stored_names, sorted(present))
+                if takers:
+                    out[policy.name] = Recommendation(
+                        "idle_policy", f"Policy {policy.name} governs nothing",
+                        "In the latest snapshot every stored result it matches is taken by a policy "
+                        f"ahead of it ({', '.join(takers)}), so it keeps nothing. Check its priority, "
+                        "or disable it.",
+                        policy.name,
+                    )
     # Run history: enabled policies that selected nothing due in their recent runs.
     matched: dict[str, list[int]] = {}
     for report in (
@@ -111,6 +158,10 @@ def idle_policies(snapshot: StorageSnapshot | None, policies: list[RetentionPoli
         for entry in (report or {}).get("policies", []):
             matched.setdefault(entry.get("name"), []).append(int(entry.get("matched") or 0))
     for policy in policies:
+        if policy.keep_for is None:
+            # Nothing it governs is ever due, so its "matched" is 0 in every run by
+            # construction: that says nothing about whether it governs anything.
+            continue
         counts = matched.get(policy.name, [])
         if policy.name not in out and len(counts) >= IDLE_RUNS and not any(counts):
             out[policy.name] = Recommendation(
@@ -158,7 +209,7 @@ def recommend(snapshot: StorageSnapshot | None = None) -> list[Recommendation]:
         snapshot = (
             StorageSnapshot.objects.filter(kind=StorageSnapshot.Kind.MEASURED).order_by("-taken_at", "-pk").first()
         )
-    policies = list(RetentionPolicy.objects.in_precedence_order())
+    policies = list(RetentionPolicy.objects.in_precedence_order().select_related("tier"))
     found: list[Recommendation] = []
     if snapshot is not None:
         found += empty_results(snapshot)
