@@ -14,7 +14,8 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -270,10 +271,11 @@ class _Executor:
         try:
             if not self.dry_run:
                 self._refresh_sqlite_statistics()
-            governance = Governance.load()
+            with self._savepoints():
+                governance = Governance.load()
+                for column in ("task_id", "group_id"):
+                    self._held(column)
             rules = self._selected_rules(governance)
-            for column in ("task_id", "group_id"):
-                self._held(column)
             # Plain deletion scopes share one walk of the date_done index (_sweep);
             # archive policies and keep-forever ones are handled one by one.
             sweep: list[tuple[str, Rule | None, ScopeResult]] = []
@@ -284,7 +286,7 @@ class _Executor:
                 scopes += 1
                 if rule.archive or rule.cutoff(self.now, self.days) is None:
                     self._in_lease(
-                        f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result)
+                        f"policy:{rule.name}", partial(self._clean_rule, governance, rule, result), [result]
                     )
                 else:
                     sweep.append((f"policy:{rule.name}", rule, result))
@@ -292,7 +294,11 @@ class _Executor:
                 scopes += 1
                 sweep.append((REMAINDER_SCOPE, None, unmatched))
             if sweep:
-                self._in_leases([scope for scope, _rule, _result in sweep], partial(self._sweep, governance, sweep))
+                self._in_leases(
+                    [scope for scope, _rule, _result in sweep],
+                    partial(self._sweep, governance, sweep),
+                    [result for _scope, _rule, result in sweep],
+                )
             groups, chords = self.groups_deleted, self.chords_deleted
             if self.options.backend != "database":
                 redis_report = self._clean_redis(governance, rules)
@@ -396,13 +402,17 @@ class _Executor:
             "bytes": result.bytes,
         }
 
-    def _in_lease(self, scope: str, work: Any) -> None:
-        self._in_leases([scope], lambda _held: work())
+    def _in_lease(self, scope: str, work: Any, undo: Sequence[ScopeResult] = ()) -> None:
+        self._in_leases([scope], lambda _held: work(), undo)
 
-    def _in_leases(self, scopes: list[str], work: Any) -> None:
+    def _in_leases(self, scopes: list[str], work: Any, undo: Sequence[ScopeResult] = ()) -> None:
         """Run ``work(held_scopes)`` holding the lease of every scope that is free.
 
         A busy scope is reported and left out; with none free nothing runs.
+        Inside a caller's transaction the work runs in a savepoint: a database
+        error there would otherwise leave the whole transaction unusable, and
+        releasing the lease and saving the run would fail in its place. ``undo``:
+        the counts to zero when that savepoint is rolled back.
         """
         if self.stopped:
             self.notes.extend(f"{scope}: not started, max runtime reached" for scope in scopes)
@@ -422,9 +432,28 @@ class _Executor:
             if not held:
                 return
             self.lease, self.leases = held[0], held
+            stopped = False
             try:
-                work([lease.scope for lease in held])
-            except _Stop:
+                with self._savepoints():
+                    try:
+                        work([lease.scope for lease in held])
+                    except _Stop:
+                        stopped = True
+            except Exception:
+                if self._savepoint_aliases():
+                    # Rolled back to the savepoint: what these scopes did is undone
+                    # (and the caller's transaction usable again, so the lease can
+                    # be released and the run recorded with the real error).
+                    for result in undo:
+                        result.matched = result.deleted = result.archived = result.bytes = 0
+                    if REMAINDER_SCOPE in scopes:
+                        self.groups_deleted = self.chords_deleted = 0
+                    self.notes.append(
+                        f"{', '.join(lease.scope for lease in held)}: failed inside the caller's "
+                        "transaction, so what it had deleted there was rolled back"
+                    )
+                raise
+            if stopped:
                 self.stopped = True
                 self.notes.extend(
                     f"{lease.scope}: stopped at max runtime; the next run continues" for lease in held
@@ -433,6 +462,15 @@ class _Executor:
             for lease in held:
                 lease.release()
             self.lease, self.leases = None, []
+
+    def _savepoint_aliases(self) -> list[str]:
+        return [alias for alias in sorted({self.db, self.records_db}) if connections[alias].in_atomic_block]
+
+    def _savepoints(self) -> ExitStack:
+        stack = ExitStack()
+        for alias in self._savepoint_aliases():
+            stack.enter_context(transaction.atomic(using=alias))
+        return stack
 
     def _renew(self) -> None:
         for lease in self.leases:
