@@ -11,3 +11,7 @@ class RetentionAdminConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import redis_holds
+
+        # Holds reach the Redis result keys when they are saved or deleted.
+        redis_holds.connect()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -121,9 +124,56 @@ class RetentionPolicy(models.Model):
 
 
 class RetentionHoldQuerySet(models.QuerySet["RetentionHold"]):
+    """Holds; every change of them also reaches the Redis result keys (``redis_holds``).
+
+    ``save``/``create``/``delete`` of one hold do so through signals; the bulk paths
+    below send none (or one per row), so they hand their task ids over themselves.
+    """
+
     def active(self, now: datetime | None = None) -> RetentionHoldQuerySet:
         now = now or timezone.now()
         return self.filter(Q(until__isnull=True) | Q(until__gt=now))
+
+    def bulk_create(
+        self, objs: Iterable[RetentionHold], *args: Any, **kwargs: Any
+    ) -> list[RetentionHold]:
+        from .redis_holds import sync_on_commit
+
+        created = super().bulk_create(objs, *args, **kwargs)
+        sync_on_commit((hold.task_id for hold in created), using=self.db)
+        return created
+
+    def update(self, **kwargs: Any) -> int:
+        # Only a new end or a new task id changes what is held (bulk_update comes here too).
+        if "until" not in kwargs and "task_id" not in kwargs:
+            return super().update(**kwargs)
+        from .redis_holds import sync_on_commit
+
+        rows = list(self.values_list("pk", "task_id"))
+        updated = super().update(**kwargs)
+        task_ids = [task_id for _pk, task_id in rows]
+        if "task_id" in kwargs:
+            # The ids the holds were moved to (the value may be an expression).
+            pks = [pk for pk, _task_id in rows]
+            moved = self.model._base_manager.using(self.db)
+            for start in range(0, len(pks), 1000):
+                chunk = moved.filter(pk__in=pks[start : start + 1000])
+                task_ids += chunk.values_list("task_id", flat=True)
+        sync_on_commit(task_ids, using=self.db)
+        return updated
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        from .redis_holds import collecting
+
+        # One post_delete per row: their task ids are synced together.
+        with collecting(using=self.db):
+            return super().delete()
+
+    # As on Django's own: templates never call them, and managers get no delete().
+    bulk_create.alters_data = True  # type: ignore[attr-defined]
+    update.alters_data = True  # type: ignore[attr-defined]
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
 
 
 class RetentionHold(models.Model):

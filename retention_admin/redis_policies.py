@@ -3,8 +3,10 @@
 The Redis backend asks this module for a TTL every time it stores a result, so
 the table is read from the database at most once per
 ``REDIS_POLICY_REFRESH_SECONDS`` (and never per result); the SCAN enforcer uses
-the same ``verdict`` so that what the writer sets and what the enforcer checks
-cannot disagree.
+the same ``lifetime`` so that what the writer sets and what the enforcer checks
+cannot disagree. Holds are not part of the table: whether a result is kept is
+``keep.py``'s question, asked for the ids at hand when they are judged (a cached
+set of every held id would not scale, and would ignore a fresh hold).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from . import conf
 from .matching import Governance, Rule
@@ -37,10 +39,9 @@ SIZE_DEPENDENT: Final = SizeDependent()
 
 @dataclass(frozen=True)
 class PolicyTable:
-    """The enabled policies in precedence order, and the task ids under an active hold."""
+    """The enabled policies in precedence order (what is held is keep.py's to say)."""
 
     governance: Governance
-    held: frozenset[str]
     loaded_at: float  # time.monotonic()
     # (task name, status) -> governing rule, or SIZE_DEPENDENT when a size matcher decides.
     # It lives and dies with the table: a policy change loads a new table, so a new memo.
@@ -87,25 +88,20 @@ class PolicyTable:
 
     @classmethod
     def load(cls) -> PolicyTable:
-        from django.utils import timezone
-
-        from .models import RetentionHold
-
-        held = frozenset(RetentionHold.objects.active(timezone.now()).values_list("task_id", flat=True))
-        return cls(Governance.load(), held, time.monotonic())
+        return cls(Governance.load(), time.monotonic())
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What governs one result and how long it may live.
+    """What governs one result and how long its policy lets it live.
 
-    ``keep_for`` None means no expiry (a keep-forever or archive policy, a hold,
-    or a remainder while ``result_expires`` is None).
+    ``keep_for`` None means no expiry (a keep-forever or archive policy, or a
+    remainder while ``result_expires`` is None). Whether a hold or restore grace
+    keeps the result is not part of it: callers ask ``keep`` for the ids at hand.
     """
 
     rule: Rule | None  # None: no enabled policy governs it (the remainder)
     keep_for: timedelta | None
-    held: bool = False
 
     @property
     def archive(self) -> bool:
@@ -132,7 +128,6 @@ def governing(
 def verdict(
     table: PolicyTable,
     *,
-    task_id: str,
     task_name: str | None,
     status: str,
     result_text: Callable[[], str | None],
@@ -140,14 +135,11 @@ def verdict(
 ) -> Verdict:
     """The policy governing a result and its lifetime; ``remainder`` is result_expires for the rest."""
     rule = table.governing(task_name=task_name, status=status, result_text=result_text)
-    held = task_id in table.held
-    if held:
-        return Verdict(rule, None, held=True)
     return Verdict(rule, lifetime(rule, remainder))
 
 
 def lifetime(rule: Rule | None, remainder: timedelta | None) -> timedelta | None:
-    """How long a result ``rule`` governs may live in Redis (None: no TTL); not for held results."""
+    """How long a result ``rule`` governs may live in Redis (None: no TTL); not for kept results."""
     if rule is None:
         return remainder
     # Archive policies get no TTL: their tier run archives, then deletes.

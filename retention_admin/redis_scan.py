@@ -7,12 +7,14 @@ judges). For every key in the run's scope it applies the verdict of
 ``redis_policies`` (the same one the backend uses when it writes): a due key is
 deleted (archive policies: written to an archive batch first), a key without a TTL
 or with one that ends elsewhere than its policy says gets the right expiry, and
-keep-forever, archive and held keys lose a TTL they should not have. Every change
-is made by a small Lua script only if the key still holds the value that was
-judged (the value itself is sent back and compared; archive deletions, made long
-after the read, compare its SHA-1), so a result stored again meanwhile is left to
-the next run. Each command touches a bounded number of keys, so Redis never
-blocks for long.
+keep-forever, archive and kept keys lose a TTL they should not have. What is kept
+(holds, restore grace) is asked from ``keep.kept_task_ids`` once per batch of
+keys judged (about ``keep.ID_CHUNK``), never loaded whole. Every change is made
+by a small Lua script only if the key still holds the value that was judged (the
+value itself is sent back and compared; archive deletions, made long after the
+read, compare its SHA-1), so a result stored again meanwhile is left to the next
+run. Each command touches a bounded number of keys, so Redis never blocks for
+long.
 
 ``redis_figures`` gives snapshots and the dashboard memory and key counts, within
 a hard time limit.
@@ -34,10 +36,10 @@ from typing import Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from . import archive, conf
+from . import archive, conf, keep
 from .celery_config import get_app
 from .matching import Governance, Rule
-from .models import ArchiveBatch, CleanupRun, RetentionHold, RetentionPolicy
+from .models import ArchiveBatch, CleanupRun, RetentionPolicy
 from .redis_policies import PolicyTable, SizeDependent, lifetime
 
 try:
@@ -298,7 +300,8 @@ class _ArchiveState:
 
 # How the keys of one (task name, status) are treated in this run: their counts,
 # governing rule (None: the remainder), lifetime for their TTL (None: no TTL) and
-# the completion time at or before which they are due (None: never due). None
+# the cutoff: they are due when completed strictly before it, as in SQL
+# (``date_done < now - keep_for``; None: never due). None
 # instead of a plan: out of this run's scope.
 _Plan = tuple[Counts, Rule | None, timedelta | None, datetime | None]
 _UNKNOWN = object()
@@ -408,8 +411,9 @@ class Enforcer:
         self.deadline = deadline
         self.tick = tick
         self.progress = progress
-        held = frozenset(RetentionHold.objects.active(now).values_list("task_id", flat=True))
-        self.table = PolicyTable(governance, held, time.monotonic())
+        self.table = PolicyTable(governance, time.monotonic())
+        # The task ids of the batch being judged that a hold or restore grace keeps.
+        self.kept: set[str] = set()
         # (task name, status) -> _Plan, or SizeDependent: judging a key is mostly a lookup.
         self.plans: dict[tuple[Any, str], Any] = {}
         self.prefix: bytes = backend.task_keyprefix
@@ -499,25 +503,54 @@ class Enforcer:
             self.progress.start(f"redis {server_label(self.backend)}", total)
         reads = _ReadAhead(connect(self.backend), pattern, self.scan_count)
         try:
-            for keys, values, pttls, read_ms in reads:
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    self.stopped = True
-                    self.notes.append("redis: stopped at max runtime; the next run scans again")
-                    return
-                self.tick()
-                self.read_ms = read_ms
-                self.scanned += len(keys)
-                judge = self._judge
-                for key, value, pttl in zip(keys, values, pttls):
-                    if value is None or pttl == -2:
-                        continue  # expired or deleted since SCAN saw it, or not a string
-                    judge(key, value, pttl)
-                if self.progress is not None:
-                    self.progress.advance(len(keys))
+            # Parts are judged in groups of about keep.ID_CHUNK keys, with one
+            # question to keep.py per group: asking per part of 250 keys cost more
+            # than the judging itself.
+            group: list[tuple[list[bytes], list[Any], list[int], int]] = []
+            size = 0
+            for part in reads:
+                group.append(part)
+                size += len(part[0])
+                if size >= keep.ID_CHUNK:
+                    if not self._judge_group(group):
+                        return
+                    group, size = [], 0
+            self._judge_group(group)
         finally:
             reads.close()
             if self.progress is not None:
                 self.progress.finish()
+
+    def _judge_group(self, group: list[tuple[list[bytes], list[Any], list[int], int]]) -> bool:
+        """Judge parts read by SCAN; False when the run is out of time."""
+        # Asked just before the keys are judged: a hold placed during the run
+        # protects the keys of every group after it.
+        prefix = len(self.prefix)
+        self.kept = keep.kept_task_ids(
+            (
+                key[prefix:].decode(errors="replace")
+                for keys, values, _pttls, _read_ms in group
+                for key, value in zip(keys, values)
+                if value is not None
+            ),
+            self.now,
+        )
+        judge = self._judge
+        for keys, values, pttls, read_ms in group:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.stopped = True
+                self.notes.append("redis: stopped at max runtime; the next run scans again")
+                return False
+            self.tick()
+            self.read_ms = read_ms
+            self.scanned += len(keys)
+            for key, value, pttl in zip(keys, values, pttls):
+                if value is None or pttl == -2:
+                    continue  # expired or deleted since SCAN saw it, or not a string
+                judge(key, value, pttl)
+            if self.progress is not None:
+                self.progress.advance(len(keys))
+        return True
 
     def _decode(self, value: bytes) -> dict[str, Any] | None:
         try:
@@ -582,15 +615,18 @@ class Enforcer:
         if plan is None:
             return
         counts, rule, keep_for, cutoff = plan
-        if self.table.held:
-            task_id = str(meta.get("task_id") or key[len(self.prefix) :].decode(errors="replace"))
-            if task_id in self.table.held:
-                self.held += 1
-                if pttl >= 0:
-                    self._change(key, value, "P", counts, ttl=True)
-                return
+        # The id is the key's name (Celery's key for a task is the prefix and its id):
+        # the same id the batch's kept look-up was asked about.
+        if self.kept and key[len(self.prefix) :].decode(errors="replace") in self.kept:
+            self.held += 1
+            if pttl >= 0:
+                self._change(key, value, "P", counts, ttl=True)
+            return
         done = parse_date(meta.get("date_done"))
-        if done is not None and cutoff is not None and done <= cutoff:
+        # Due when done strictly before the cutoff, as SQL's date_done < now - keep_for:
+        # a result exactly at the cutoff is not deleted as due; it gets its expiry
+        # (date_done + keep_for), which is that very moment.
+        if done is not None and cutoff is not None and done < cutoff:
             counts.matched += 1
             counts.bytes += len(value)
             if rule is not None and rule.archive:

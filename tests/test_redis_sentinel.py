@@ -154,10 +154,10 @@ def test_w006_names_the_sentinel_backend_for_celerys_own_sentinel_url(sentinel_a
     api_policy("sentinel-api")
     app.conf.result_backend = sentinel_url(sentinel[0])  # Celery's stock SentinelBackend
     reset_backend()
-    warnings = [m for m in run_checks() if m.id == "retention_admin.W006"]
+    warnings = [m for m in run_checks(databases=["default"]) if m.id == "retention_admin.W006"]
     assert len(warnings) == 1
     assert "retention_admin.backends.RetentionSentinelBackend+sentinel://" in warnings[0].hint
 
     app.conf.result_backend = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
     reset_backend()
-    assert not [m for m in run_checks() if m.id == "retention_admin.W006"]
+    assert not [m for m in run_checks(databases=["default"]) if m.id == "retention_admin.W006"]
