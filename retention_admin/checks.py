@@ -5,13 +5,14 @@ Ids are stable and listed in the README.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from celery import Celery
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import DatabaseError
+from django.db import DatabaseError, router
 
 from . import conf
 from .celery_config import get_app
@@ -31,13 +32,44 @@ STOCK_SCHEDULERS = {
     "django_celery_beat.schedulers.DatabaseScheduler",
 }
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+# Pickle by name and by content type: accept_content takes either.
+PICKLE = {"pickle", "application/x-python-serialize"}
+# RETENTION_ADMIN problems by kind (conf.setting_problems): E001 kept its meaning
+# (malformed, wrong type, under the minimum); the kinds added later got new ids.
+SETTING_IDS = {
+    "invalid": "retention_admin.E001",
+    "not_finite": "retention_admin.E003",
+    "too_large": "retention_admin.E004",
+}
 
 
-def _policies_exist() -> bool:
+class _Routed:
+    def __repr__(self) -> str:
+        return "ROUTED"
+
+
+# ``databases`` left out: a direct call, not Django's check framework (which always
+# passes it, None unless `check --database` or migrate asked), such as the
+# dashboard's recommendations. Such a caller may query the router's database.
+ROUTED: Final = _Routed()
+Databases = Collection[str] | None | _Routed
+
+
+def _policy_database(databases: Databases) -> str | None:
+    """The alias to read policies from, or None when this call may not query it."""
+    from .models import RetentionPolicy
+
+    alias = router.db_for_read(RetentionPolicy)
+    if isinstance(databases, _Routed) or (databases and alias in databases):
+        return alias
+    return None
+
+
+def _policies_exist(using: str) -> bool:
     from .models import RetentionPolicy
 
     try:
-        return RetentionPolicy.objects.filter(enabled=True).exists()
+        return RetentionPolicy.objects.using(using).filter(enabled=True).exists()
     except DatabaseError:
         # Tables not migrated yet or database down: assume the seeded policies.
         return True
@@ -51,15 +83,22 @@ def _app() -> Celery:
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     value = getattr(settings, conf.SETTING_NAME, {})
     return [
-        Error(message, hint="See the settings reference in the README.", id="retention_admin.E001")
-        for message in conf.setting_errors(value)
+        Error(message, hint="See the settings reference in the README.", id=SETTING_IDS[fault])
+        for fault, message in conf.setting_problems(value)
     ]
 
 
-@register(Tags.compatibility)
-def check_result_backend(**kwargs: Any) -> list[CheckMessage]:
+# Checks that read the policies are database checks: Django runs them for
+# `check --database ALIAS` and migrate, not before every command and runserver.
+@register(Tags.compatibility, Tags.database)
+def check_result_backend(
+    app_configs: Any = None, databases: Databases = ROUTED, **kwargs: Any
+) -> list[CheckMessage]:
     backend = _app().conf.result_backend
-    if isinstance(backend, str) and backend in STOCK_DB_BACKENDS and _policies_exist():
+    if not (isinstance(backend, str) and backend in STOCK_DB_BACKENDS):
+        return []
+    using = _policy_database(databases)
+    if using is not None and _policies_exist(using):
         return [
             Warning(
                 f"CELERY_RESULT_BACKEND is {backend!r}: celery.backend_cleanup will delete "
@@ -107,10 +146,10 @@ def check_result_extended(**kwargs: Any) -> list[CheckMessage]:
 def check_pickle(**kwargs: Any) -> list[CheckMessage]:
     app_conf = _app().conf
     accept = app_conf.result_accept_content or app_conf.accept_content or []
-    uses_pickle = app_conf.result_serializer == "pickle" or any(
-        "pickle" in str(item) for item in accept
-    )
-    if uses_pickle:
+    if isinstance(accept, str):
+        accept = [accept]  # a lone name: Celery would read it as one
+    named = [app_conf.result_serializer, *accept]
+    if any(str(item).strip().lower() in PICKLE for item in named if item is not None):
         return [
             Warning(
                 "Celery results are (or may be) serialized with pickle: reading, explaining, "
@@ -160,14 +199,21 @@ def check_plain_redis(**kwargs: Any) -> list[CheckMessage]:
     return messages
 
 
-@register(Tags.compatibility)
-def check_archive_location(**kwargs: Any) -> list[CheckMessage]:
+@register(Tags.compatibility, Tags.database)
+def check_archive_location(
+    app_configs: Any = None, databases: Databases = ROUTED, **kwargs: Any
+) -> list[CheckMessage]:
     """Archive policies with nowhere to archive would keep their results forever, silently."""
     from .archive import ArchiveError, configured_location
     from .models import RetentionPolicy
 
+    using = _policy_database(databases)
+    if using is None:
+        return []
     try:
-        names = list(RetentionPolicy.objects.filter(enabled=True, archive=True).values_list("name", flat=True))
+        names = list(
+            RetentionPolicy.objects.using(using).filter(enabled=True, archive=True).values_list("name", flat=True)
+        )
     except DatabaseError:
         return []  # not migrated yet: nothing to archive
     if not names:
@@ -194,8 +240,10 @@ def check_archive_location(**kwargs: Any) -> list[CheckMessage]:
     return []
 
 
-@register(Tags.compatibility)
-def check_stock_redis_backend(**kwargs: Any) -> list[CheckMessage]:
+@register(Tags.compatibility, Tags.database)
+def check_stock_redis_backend(
+    app_configs: Any = None, databases: Databases = ROUTED, **kwargs: Any
+) -> list[CheckMessage]:
     """Celery's own Redis backend gives every result result_expires, whatever its policy."""
     from celery.app.backends import by_url
     from celery.backends.redis import RedisBackend
@@ -209,7 +257,8 @@ def check_stock_redis_backend(**kwargs: Any) -> list[CheckMessage]:
         return []
     if not (isinstance(cls, type) and issubclass(cls, RedisBackend)) or issubclass(cls, RetentionRedisMixin):
         return []
-    if not _policies_exist():
+    using = _policy_database(databases)
+    if using is None or not _policies_exist(using):
         return []
     scheme = str(backend).partition("://")[0]
     ours = "RetentionSentinelBackend" if scheme.rsplit("+", 1)[-1] == "sentinel" else "RetentionRedisBackend"

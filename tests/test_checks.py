@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import StringIO
 from typing import Any
 
 import pytest
 from django.core import checks
+from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from retention_admin import checks as our_checks
 from testproject.celery import app
@@ -31,14 +35,54 @@ def test_checks_are_registered_and_the_test_project_is_clean(db):
     registered = {check.__name__ for check in checks.registry.registry.get_checks()}
     assert {
         "check_settings", "check_result_backend", "check_beat_scheduler", "check_result_extended",
-        "check_pickle", "check_plain_redis", "check_archive_location",
+        "check_pickle", "check_plain_redis", "check_archive_location", "check_stock_redis_backend",
     } <= registered
     assert ids(checks.run_checks()) == []
+    assert ids(checks.run_checks(databases=["default"])) == []
+
+
+DATABASE_CHECKS = {"check_result_backend", "check_archive_location", "check_stock_redis_backend"}
+
+
+def test_checks_that_read_the_policies_are_database_checks():
+    by_name = {check.__name__: check for check in checks.registry.registry.get_checks()}
+    for name in DATABASE_CHECKS:
+        assert checks.Tags.database in by_name[name].tags, name
+    ours = {name for name, check in by_name.items() if check.__module__ == our_checks.__name__}
+    # The others read only settings: they still run before every command.
+    assert {name for name in ours if checks.Tags.database in by_name[name].tags} == DATABASE_CHECKS
+
+
+def test_database_checks_query_only_the_databases_they_are_given(db, celery_conf):
+    # W001 and E002 both read the policies; each would fire here.
+    _archive_policy()
+    celery_conf.result_backend = "django-db"
+    expected = ["retention_admin.W001", "retention_admin.E002"]
+    # Before every command and on runserver Django passes databases=None: no query.
+    with CaptureQueriesContext(connection) as queries:
+        assert ids(checks.run_checks()) == []
+        assert ids(checks.run_checks(databases=[])) == []
+        for check in (our_checks.check_result_backend, our_checks.check_archive_location):
+            assert check(databases=["elsewhere"]) == []  # the policies are not there
+    assert len(queries) == 0
+    assert sorted(ids(checks.run_checks(databases=["default"]))) == sorted(expected)
+    # A direct call (the dashboard's recommendations) queries the router's database.
+    assert ids(our_checks.check_result_backend()) == ["retention_admin.W001"]
+    assert ids(our_checks.check_archive_location(databases=None)) == []
+
+
+def test_check_command_runs_database_checks_only_when_asked(db, celery_conf):
+    celery_conf.result_backend = "django-db"
+    plain, asked = StringIO(), StringIO()
+    call_command("check", stdout=plain, stderr=plain)
+    assert "retention_admin.W001" not in plain.getvalue()
+    call_command("check", "--database", "default", stdout=asked, stderr=asked)
+    assert "retention_admin.W001" in asked.getvalue()
 
 
 def test_w001_stock_django_db_backend_while_policies_exist(db, celery_conf):
     celery_conf.result_backend = "django-db"
-    messages = checks.run_checks()
+    messages = checks.run_checks(databases=["default"])
     assert ids(messages) == ["retention_admin.W001"]
     assert "including results that enabled retention policies keep" in messages[0].msg
 
@@ -48,7 +92,7 @@ def test_w001_is_silent_without_enabled_policies(db, celery_conf):
 
     RetentionPolicy.objects.update(enabled=False)
     celery_conf.result_backend = "django-db"
-    assert ids(checks.run_checks()) == []
+    assert ids(checks.run_checks(databases=["default"])) == []
 
 
 def test_w002_stock_database_scheduler(celery_conf):
@@ -67,11 +111,29 @@ def test_w003_result_extended_off(celery_conf):
         ("result_serializer", "pickle"),
         ("result_accept_content", ["json", "pickle"]),
         ("accept_content", ["application/x-python-serialize", "pickle"]),
+        # Pickle by its content type, as accept_content also takes it.
+        ("accept_content", ["application/x-python-serialize"]),
+        ("result_accept_content", ["json", "application/x-python-serialize"]),
+        ("result_accept_content", [" Application/X-Python-Serialize "]),
+        ("result_serializer", "application/x-python-serialize"),
     ],
 )
 def test_w004_pickle(celery_conf, setting, value):
     setattr(celery_conf, setting, value)
     assert ids(our_checks.check_pickle()) == ["retention_admin.W004"]
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("accept_content", ["json", "application/json"]),
+        ("result_accept_content", ["application/x-yaml", "msgpack"]),
+        ("result_serializer", "json"),
+    ],
+)
+def test_w004_is_silent_without_pickle(celery_conf, setting, value):
+    setattr(celery_conf, setting, value)
+    assert ids(our_checks.check_pickle()) == []
 
 
 @pytest.mark.parametrize(

@@ -169,3 +169,86 @@ def test_a_failing_run_is_recorded_and_reported(make_result):
     assert run.status == "failed" and "GlobError" in run.error
     assert ids_left() == {"fail"}
     assert CleanupLease.objects.filter(holder="").count() == CleanupLease.objects.count()  # released
+
+
+def _sentences_end_once(message: str) -> bool:
+    return ".." not in message.replace("...", "")
+
+
+def test_a_failing_run_still_prints_its_json_report_then_fails(make_result):
+    make_result(task_id="old", age=3 * DAY)
+    make_result(task_id="fail", status="FAILURE", age=8 * DAY)
+    from retention_admin.models import RetentionPolicy
+
+    RetentionPolicy.objects.filter(name="failures-7d").update(task_name_pattern="[oops")
+    out = StringIO()
+    with pytest.raises(CommandError) as excinfo:
+        call_command("cleanup_results", "--json", stdout=out, stderr=StringIO())
+    run = CleanupRun.objects.get()
+    report = json.loads(out.getvalue())
+    assert report == run.report
+    assert report["run"] == run.pk and report["status"] == "failed"
+    assert str(excinfo.value).startswith(f"Cleanup run #{run.pk} failed: ")
+    assert ids_left() == {"old", "fail"}
+
+
+def test_a_failing_database_batch_says_nothing_after_it_was_deleted(make_result):
+    make_result(task_id="fail", status="FAILURE", age=8 * DAY)
+    from retention_admin.models import RetentionPolicy
+
+    RetentionPolicy.objects.filter(name="failures-7d").update(task_name_pattern="[oops")
+    with pytest.raises(CommandError) as excinfo:
+        cleanup()
+    message = str(excinfo.value)
+    run = CleanupRun.objects.get()
+    assert message.startswith(f"Cleanup run #{run.pk} failed: ")
+    assert message.endswith(
+        " Nothing after the failing batch was deleted; before it, 0 database results deleted. "
+        "See the run in the admin for the full error."
+    )
+    assert _sentences_end_once(message)
+
+
+def test_a_failing_scope_says_what_the_rest_of_the_run_did(make_result, tmp_path):
+    from django.test import override_settings
+
+    from retention_admin.models import RetentionPolicy
+
+    # An archive policy with nowhere to archive fails on its own; the others go on.
+    RetentionPolicy.objects.filter(name="audit-30d").update(enabled=True, task_name_pattern="audit.*")
+    make_result(task_id="audit", task_name="audit.x", age=60 * DAY)
+    make_result(task_id="old", age=3 * DAY)
+    with override_settings(RETENTION_ADMIN={"ARCHIVE_DIR": str(tmp_path / "missing")}):
+        with pytest.raises(CommandError) as excinfo:
+            cleanup()
+    message = str(excinfo.value)
+    assert "Its due results were kept. The rest of the run went ahead: 1 database result deleted. See " in message
+    assert "Nothing after the failing batch" not in message
+    assert _sentences_end_once(message)
+    assert ids_left() == {"audit"}
+
+
+def test_a_failure_in_the_redis_part_says_the_database_part_completed(make_result, monkeypatch):
+    from retention_admin import redis_scan, snapshots
+
+    class Broken:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def run(self) -> None:
+            raise RuntimeError("the enforcer broke")
+
+    monkeypatch.setattr(redis_scan, "redis_backend", lambda: object())
+    monkeypatch.setattr(redis_scan, "Enforcer", Broken)
+    # The snapshot after a run would measure the (pretend) Redis server too.
+    monkeypatch.setattr(snapshots, "take_snapshot", lambda *args, **kwargs: None)
+    make_result(task_id="old", age=3 * DAY)
+    with pytest.raises(CommandError) as excinfo:
+        cleanup()
+    message = str(excinfo.value)
+    assert message.endswith(
+        "RuntimeError: the enforcer broke. The database part had completed (1 database result deleted); "
+        "the Redis part stopped at the error. See the run in the admin for the full error."
+    )
+    assert "Nothing after the failing batch" not in message
+    assert ids_left() == set()

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ... import validators
 from ...health import check_backend, remember
 
 
@@ -24,14 +25,15 @@ class Command(BaseCommand):
             help="Check this result backend URL instead of CELERY_RESULT_BACKEND (e.g. before switching).",
         )
         parser.add_argument(
-            "--timeout", type=float, default=5.0, metavar="SECONDS",
-            help="Connection and socket timeout for network backends (default 5).",
+            "--timeout", type=validators.finite_float, default=5.0, metavar="SECONDS",
+            help=f"Connection and socket timeout for network backends ({validators.BACKEND_TIMEOUT_SECONDS.span}; default 5).",
         )
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     def handle(self, *, url: str | None, timeout: float, json: bool, **options: Any) -> None:
-        if timeout <= 0:
-            raise CommandError(f"--timeout must be more than 0 seconds, not {timeout}.")
+        problem = validators.BACKEND_TIMEOUT_SECONDS.option_problem("--timeout", timeout)
+        if problem:
+            raise CommandError(problem)
         health = check_backend(url, timeout=timeout)
         data = health.as_dict()
         if url is None:

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from ... import validators
 from ...executor import CleanupError, CleanupFailed, Options, Selection, run_cleanup
 from ...models import CleanupRun
 from ...report import format_report
@@ -44,12 +45,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Report what would go; change nothing.")
-        parser.add_argument("--days", type=int, help="Keep N days for every selected policy and the remainder, this run only.")
+        parser.add_argument("--days", type=int, help=f"Keep N days ({validators.KEEP_DAYS.span}) for every selected policy and the remainder, this run only.")
         parser.add_argument("--tier", action="append", default=[], metavar="SLUG", help="Run this tier's policies (repeatable).")
         parser.add_argument("--policy", action="append", default=[], metavar="NAME", help="Run this policy (repeatable).")
-        parser.add_argument("--batch-size", type=int, help="Rows per delete transaction.")
-        parser.add_argument("--max-runtime", type=float, metavar="SECONDS", help="Stop cleanly after this long; the next run continues.")
-        parser.add_argument("--sleep", type=float, metavar="SECONDS", help="Pause between batches.")
+        parser.add_argument("--batch-size", type=int, help=f"Rows per delete transaction ({validators.BATCH_SIZE.span}).")
+        parser.add_argument("--max-runtime", type=validators.finite_float, metavar="SECONDS", help=f"Stop cleanly after this long ({validators.MAX_RUNTIME_SECONDS.span}); the next run continues.")
+        parser.add_argument("--sleep", type=validators.finite_float, metavar="SECONDS", help=f"Pause between batches ({validators.SLEEP_SECONDS.span}).")
         parser.add_argument("--backend", choices=["database", "redis", "all"], default="all", help="Which result store to clean (default: all configured).")
         parser.add_argument("--database", metavar="ALIAS", help="Database alias holding the results (default: Django's router).")
         parser.add_argument("--json", action="store_true", help="Print the run report as one JSON object.")
@@ -72,6 +73,17 @@ class Command(BaseCommand):
         verbosity: int,
         **options: Any,
     ) -> None:
+        # Before anything is recorded or deleted. argparse has refused what is not a
+        # finite number; call_command(sleep=...) bypasses it, so types are checked again.
+        for option, value, accepted in (
+            ("--days", days, validators.KEEP_DAYS),
+            ("--batch-size", batch_size, validators.BATCH_SIZE),
+            ("--sleep", sleep, validators.SLEEP_SECONDS),
+            ("--max-runtime", max_runtime, validators.MAX_RUNTIME_SECONDS),
+        ):
+            problem = None if value is None else accepted.option_problem(option, value)
+            if problem:
+                raise CommandError(problem)
         notes: list[str] = []
         show_progress = not no_progress and not json and verbosity > 0 and self.stderr.isatty()
         selection = Selection(policies=policy, tiers=tier)
@@ -91,10 +103,10 @@ class Command(BaseCommand):
         except CleanupError as exc:
             raise CommandError(str(exc)) from exc
         except CleanupFailed as exc:
-            raise CommandError(
-                f"Cleanup run #{exc.run.pk} failed: {exc}. Nothing after the failing batch "
-                "was deleted; see the run in the admin for the full error."
-            ) from exc
+            if json and exc.run.report:
+                # A failed run still reports what it did; scripts read it from stdout.
+                self.stdout.write(jsonlib.dumps(exc.run.report))
+            raise CommandError(failure_message(exc.run, str(exc))) from exc
         if json:
             self.stdout.write(jsonlib.dumps(run.report))
         elif verbosity > 0:
@@ -105,3 +117,40 @@ class Command(BaseCommand):
                 f"Skipped {', '.join(busy)}: another run holds the lease.",
                 returncode=EXIT_LEASE_BUSY,
             )
+
+
+def _sentence(text: str) -> str:
+    # Errors arrive with or without their full stop; a message must not end in "..".
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def failure_message(run: CleanupRun, error: str) -> str:
+    """What failed and, truthfully, what was done before or besides it.
+
+    A run fails in one of two ways. An exception stops it where it happened (its
+    traceback is in ``run.error``): what was deleted before stays deleted, nothing
+    after ran. A scope that fails on its own (an archive location, Redis) is
+    recorded and the run goes on with the others.
+    """
+    report = run.report or {}
+    scopes = [*report.get("policies", []), report.get("unmatched") or {}]
+    deleted = sum(scope.get("deleted", 0) for scope in scopes)
+    archived = sum(scope.get("archived", 0) for scope in scopes)
+    done = _count(deleted, "database result") + " deleted" + (f" ({archived} archived first)" if archived else "")
+    redis = report.get("redis")
+    if redis:
+        done += f", {_count(redis['totals']['deleted'], 'Redis result')} deleted"
+    recorded = run.error or ""
+    if "Traceback (most recent call last)" not in recorded:
+        what = f"The rest of the run went ahead: {done}."
+    elif " in _clean_redis\n" in recorded:
+        # The Redis part runs after the database part is over.
+        what = f"The database part had completed ({done}); the Redis part stopped at the error."
+    else:
+        what = f"Nothing after the failing batch was deleted; before it, {done}."
+    return f"Cleanup run #{run.pk} failed: {_sentence(error)} {what} See the run in the admin for the full error."

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json as jsonlib
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...explain import as_dict, explain
 
@@ -19,6 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the explanation as one JSON object.")
 
     def handle(self, *, task_id: str, json: bool, **options: Any) -> None:
+        if not task_id.strip():
+            # It names no result; explaining it would report "not found" and exit 0.
+            raise CommandError("TASK_ID must not be blank.")
         explanation = explain(task_id)
         data = as_dict(explanation)
         if json:

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ... import validators
 from ...archive import ArchiveError
 from ...restore import RestoreError, restore_batches
 
@@ -20,7 +21,11 @@ class Command(BaseCommand):
         parser.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID", help="Archive batch ids (see the admin).")
         parser.add_argument("--task-id", action="append", dest="task_ids", metavar="ID", help="Restore only this task id (repeatable).")
         parser.add_argument("--dry-run", action="store_true", help="Verify and report what would be restored; write nothing.")
-        parser.add_argument("--grace-days", type=float, metavar="DAYS", help="Protect restored results from cleanup this long (default: RESTORE_GRACE_DAYS; 0 for none).")
+        parser.add_argument(
+            "--grace-days", type=validators.finite_float, metavar="DAYS",
+            help=f"Protect restored results from cleanup this long ({validators.RESTORE_GRACE_DAYS.span}; "
+            "default: RESTORE_GRACE_DAYS; 0 for none).",
+        )
         parser.add_argument("--database", metavar="ALIAS", help="Database alias to restore into (default: Django's router).")
         parser.add_argument("--json", action="store_true", help="Print the report as one JSON object.")
 
@@ -28,6 +33,14 @@ class Command(BaseCommand):
                database: str | None, json: bool, verbosity: int, **options: Any) -> None:
         from django.db import connections
 
+        # Before any archive is read. call_command(grace_days=...) bypasses argparse,
+        # so NaN (which compares False with every bound) is refused here too.
+        problem = None if grace_days is None else validators.RESTORE_GRACE_DAYS.option_problem("--grace-days", grace_days)
+        if problem:
+            raise CommandError(problem)
+        if task_ids is not None and not all(task_id.strip() for task_id in task_ids):
+            # A blank id matches no record: the restore would quietly do nothing.
+            raise CommandError("--task-id must not be blank.")
         if database is not None and database not in connections.settings:
             raise CommandError(f"Unknown database alias {database!r}; known aliases: {', '.join(sorted(connections.settings))}.")
         try:
