@@ -744,6 +744,16 @@ class Enforcer:
         archive.complete_batch(batch, deleted)
 
     def _delete_unchanged(self, items: list[tuple[bytes, str]]) -> int:
+        """Delete archived keys that still hold what was archived (compared by SHA-1).
+
+        The keys were judged when they were read, possibly minutes ago: one a hold
+        or a restore now keeps stays (it is in the archive too; archived twice,
+        never lost).
+        """
+        start_at = len(self.prefix)
+        kept = keep.kept_task_ids((key[start_at:].decode("utf-8", "replace") for key, _sha in items), self.now)
+        if kept:
+            items = [(key, sha) for key, sha in items if key[start_at:].decode("utf-8", "replace") not in kept]
         deleted = 0
         for start in range(0, len(items), MUTATE_KEYS):
             self.tick()

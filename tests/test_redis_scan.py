@@ -214,6 +214,24 @@ def test_a_key_stored_again_after_it_was_read_is_left_alone(redis_app, redis_cli
     assert enforcer._mutate([(key("rerun"), current, "D", 0)]) == [1]
 
 
+def test_an_archived_key_held_after_it_was_judged_is_not_deleted(redis_app, redis_client):
+    """Archived keys go when their batch is durable, possibly minutes after they were
+    judged: a hold placed in between keeps the key (it is in the archive too)."""
+    import hashlib
+
+    held = put(redis_client, "held-later", "audit.login", age=40 * DAY)
+    free = put(redis_client, "free", "audit.login", age=40 * DAY)
+    enforcer = redis_scan.Enforcer(
+        app.backend, redis_scan.Governance([]), rules=[], remainder=True, now=timezone.now()
+    )
+    enforcer.client = redis_scan.connect(app.backend)
+    enforcer.script = enforcer.client.register_script(redis_scan.MUTATE_LUA)
+    RetentionHold.objects.create(task_id="held-later", reason="legal")
+    items = [(key("held-later"), hashlib.sha1(held).hexdigest()), (key("free"), hashlib.sha1(free).hexdigest())]
+    assert enforcer._delete_unchanged(items) == 1
+    assert redis_client.exists(key("held-later")) and not redis_client.exists(key("free"))
+
+
 def test_archive_policy_archives_then_deletes_and_restore_brings_them_into_the_database(redis_app, redis_client):
     policy("t-audit", priority=1, task_name_pattern="audit.*", keep_for=30 * DAY, archive=True)
     put(redis_client, "audit-old", "audit.login", age=40 * DAY, result={"user": "zoë"})
