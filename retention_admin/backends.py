@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -11,7 +12,6 @@ from typing import Any
 
 from celery import states
 from celery.backends.base import BackendStoreError
-from celery.backends.redis import RedisBackend, SentinelBackend
 from django_celery_results.backends.database import DatabaseBackend
 
 from . import conf
@@ -21,7 +21,12 @@ from .redis_policies import PolicyCache, verdict
 logger = logging.getLogger(__name__)
 
 # Celery 5.7 added ``expires`` to RedisBackend.set (for result_failure_expires).
-SET_TAKES_EXPIRES = "expires" in inspect.signature(RedisBackend.set).parameters
+
+
+@functools.cache
+def _set_takes_expires(cls: type) -> bool:
+    """Celery 5.7 added ``expires`` to RedisBackend.set (for result_failure_expires)."""
+    return "expires" in inspect.signature(cls.set).parameters  # type: ignore[attr-defined]
 
 
 class RetentionDatabaseBackend(DatabaseBackend):  # type: ignore[misc]
@@ -105,7 +110,7 @@ class RetentionRedisMixin:
 
     def _set_with_ttl(self, key: Any, value: Any, ttl: int) -> Any:
         """Celery's ``set`` with ``ttl`` seconds (0: no TTL) in place of result_expires."""
-        if SET_TAKES_EXPIRES:
+        if _set_takes_expires(type(self)):
             return self.set(key, value, expires=ttl)  # Celery 5.7+ (0 means none there too)
         # Celery 5.3-5.6: set() always applies result_expires. The same steps (size
         # check, retried write and publish, in one pipeline) with the policy's TTL.
@@ -206,23 +211,20 @@ class RetentionRedisMixin:
         )
 
 
-class RetentionRedisBackend(RetentionRedisMixin, RedisBackend):  # type: ignore[misc]
-    """Celery's Redis backend, storing each task result with its policy's TTL.
-
-    Configure it with Celery's ``class+url`` form::
-
-        CELERY_RESULT_BACKEND = "retention_admin.backends.RetentionRedisBackend+redis://host:6379/0"
-    """
+# The Redis backends subclass Celery's RedisBackend, whose module needs redis-py
+# (the [redis] extra). They live in redis_backends.py and are resolved from here on
+# first use, so that this module (and RetentionDatabaseBackend) works without it.
+_REDIS_CLASSES = {"RetentionRedisBackend", "RetentionSentinelBackend"}
+_CUTOVER_CLASSES = {"RetentionCutoverBackend"}
 
 
-class RetentionSentinelBackend(RetentionRedisMixin, SentinelBackend):  # type: ignore[misc]
-    """Celery's Redis Sentinel backend, storing each task result with its policy's TTL.
+def __getattr__(name: str) -> Any:
+    if name in _REDIS_CLASSES:
+        from . import redis_backends
 
-    Configure it as Celery's own ``sentinel://`` backend, with the class in front::
+        return getattr(redis_backends, name)
+    if name in _CUTOVER_CLASSES:
+        from . import cutover
 
-        CELERY_RESULT_BACKEND = (
-            "retention_admin.backends.RetentionSentinelBackend+"
-            "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0"
-        )
-        CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"master_name": "mymaster"}
-    """
+        return getattr(cutover, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

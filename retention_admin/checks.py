@@ -246,7 +246,11 @@ def check_stock_redis_backend(
 ) -> list[CheckMessage]:
     """Celery's own Redis backend gives every result result_expires, whatever its policy."""
     from celery.app.backends import by_url
-    from celery.backends.redis import RedisBackend
+
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # no redis-py: Celery could not run a Redis result backend anyway
+        return []
 
     from .backends import RetentionRedisMixin
 

@@ -34,7 +34,10 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+try:
+    from celery.backends.redis import RedisBackend
+except ImportError:  # no redis-py (the [redis] extra): no Redis result backend to clean
+    RedisBackend = None  # type: ignore[assignment,misc]
 
 from . import archive, conf, keep
 from .celery_config import get_app
@@ -146,6 +149,30 @@ def send(connection: Any, *args: Any) -> None:
         connection.send_packed_command(connection.pack_command(*args), check_health=False)
 
 
+def pool_connection(client: Any, command: str) -> Any:
+    """A connection of its own from ``client``'s pool, for commands sent without waiting.
+
+    redis-py before 5.3 requires the command's name (4.5 is our floor); 5.3+ deprecate
+    passing it (DeprecationWarning).
+    """
+    pool = client.connection_pool
+    if _POOL_WANTS_COMMAND_NAME:
+        return pool.get_connection(command)
+    return pool.get_connection()
+
+
+def _redis_before_5_3() -> bool:
+    try:
+        import redis
+    except ImportError:  # the [redis] extra is not installed: nothing here is used
+        return False
+    major, minor = (int(part) for part in re.findall(r"\d+", redis.__version__)[:2])
+    return (major, minor) < (5, 3)
+
+
+_POOL_WANTS_COMMAND_NAME = _redis_before_5_3()
+
+
 # -- the configured backend and how to reach it ---------------------------------
 
 
@@ -153,6 +180,8 @@ def redis_backend(app: Any = None) -> RedisBackend | None:
     """The Celery result backend when it is Redis (ours or Celery's own), else None."""
     from celery.app.backends import by_url
 
+    if RedisBackend is None:
+        return None
     app = app or get_app()
     try:
         # Resolve the class first: building a backend of another kind here could have side effects.
@@ -333,7 +362,7 @@ class _ReadAhead:
         self.client.close()
 
     def __iter__(self) -> Any:
-        connection = self.connection = self.client.connection_pool.get_connection()
+        connection = self.connection = pool_connection(self.client, "SCAN")
         sent: deque[tuple[bytes, ...] | None] = deque()  # None: a SCAN; else the keys of a read
         sent_times: deque[int] = deque()
         unsent: deque[list[bytes]] = deque()  # parts of SCAN batches not read yet
@@ -666,7 +695,7 @@ class Enforcer:
         self.change_keys, self.change_args, self.change_counts, self.change_bytes = [], [], [], 0
         self._collect_changes(keep=CHANGES_AHEAD - 1)
         if self.change_connection is None:
-            self.change_connection = self.client.connection_pool.get_connection()
+            self.change_connection = pool_connection(self.client, "EVALSHA")
         send(self.change_connection, "EVALSHA", self.changer.sha, len(keys), *keys, *args)
         self.in_flight.append((keys, args, counted))
 
