@@ -5,6 +5,11 @@ result, with every ``TaskResult`` column as stored (dates as ISO 8601 strings in
 UTC) plus ``"source"`` (``"database"`` or ``"redis"``) and ``"policy"``. Nothing
 else is in the object, so any gzip + JSON reader can use it.
 
+Dates in archive content and object names are UTC whatever ``USE_TZ`` says; dates
+handed to the database are in the form Django uses on that connection (aware
+with ``USE_TZ``; without it, naive ``TIME_ZONE`` local time). ``utc_datetime``
+and ``db_datetime`` convert between the two.
+
 The protocol (DESIGN.md, "Archive-then-delete") is split between this module and
 the executor: ``ArchiveWriter`` streams records to a local temporary file, then
 stores it (a local directory: fsync, atomic rename, fsync of the directory; a
@@ -27,7 +32,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -206,12 +211,41 @@ def location_of(batch: ArchiveBatch) -> Location:
 TASK_RESULT_FIELDS = [f for f in TaskResult._meta.concrete_fields]
 
 
+def utc_datetime(value: datetime) -> datetime:
+    """An aware UTC datetime from a datetime object.
+
+    A naive one is what the database gives with ``USE_TZ = False``: local time in
+    ``TIME_ZONE`` (Django's own reading of a naive datetime), not UTC.
+    """
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value.astimezone(UTC)
+
+
+def db_datetime(value: datetime | str | None, connection: Any) -> datetime | None:
+    """A datetime (or archive text) as a query parameter or column value for ``connection``.
+
+    With ``USE_TZ = False`` SQLite and MySQL refuse aware datetimes: they get naive
+    ``TIME_ZONE`` local time, the form their columns hold. PostgreSQL compares
+    instants (``timestamptz``) and keeps the aware value, which stays exact even in
+    the hour a daylight-saving change repeats. A naive datetime is taken to be in
+    the database's form already.
+    """
+    parsed = as_datetime(value) if isinstance(value, str) else value
+    if parsed is None or timezone.is_naive(parsed) or settings.USE_TZ or connection.features.supports_timezones:
+        return parsed
+    return timezone.make_naive(parsed, timezone.get_default_timezone())
+
+
+def _session_in_utc(connection: Any) -> bool:
+    """Whether a PostgreSQL session renders timestamps in UTC (always with ``USE_TZ``)."""
+    return bool(connection.timezone_name == "UTC")
+
+
 def encode_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        if timezone.is_aware(value):
-            value = value.astimezone(dt_timezone.utc)
         # Always six fraction digits, as PostgreSQL's to_char(.. 'US') writes them.
-        return value.isoformat(timespec="microseconds")
+        return utc_datetime(value).isoformat(timespec="microseconds")
     return value
 
 
@@ -224,13 +258,19 @@ def record_from_row(row: tuple[Any, ...], *, policy: str, source: str = "databas
 
 
 def as_datetime(value: datetime | str | None) -> datetime | None:
-    """An aware datetime from a datetime or an ISO 8601 / PostgreSQL text timestamp (naive = UTC)."""
+    """An aware UTC datetime from a datetime or an ISO 8601 / PostgreSQL text timestamp.
+
+    Naive text is UTC (the archive format's dates); a naive datetime object came
+    from the database with ``USE_TZ = False`` and is ``TIME_ZONE`` local time.
+    """
     if not value:
         return None
-    parsed = parse_datetime(value) if isinstance(value, str) else value
-    if parsed is not None and timezone.is_naive(parsed):
-        parsed = parsed.replace(tzinfo=dt_timezone.utc)
-    return parsed
+    if isinstance(value, str):
+        parsed = parse_datetime(value)
+        if parsed is not None and timezone.is_naive(parsed):
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC) if parsed is not None else None
+    return utc_datetime(value)
 
 
 def record_date_done(record: dict[str, Any]) -> datetime | None:
@@ -259,9 +299,12 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
     take minutes on a million-row table.
 
     On PostgreSQL the server writes each record with ``row_to_json`` (every column
-    as stored; dates ISO 8601 in UTC, as Django runs its connections in UTC) and
-    sends ``date_done`` as text: building records in Python, and Django's
-    Python-level timestamp loader, made reading ~1.4x slower end to end.
+    as stored; dates ISO 8601 in UTC, as Django runs its connections in UTC with
+    ``USE_TZ``) and sends ``date_done`` as text: building records in Python, and
+    Django's Python-level timestamp loader, made reading ~1.4x slower end to end.
+    Without ``USE_TZ`` the session is in ``TIME_ZONE`` and ``row_to_json`` would
+    write local offsets, so the record is built column by column with the dates
+    rendered in UTC (``_utc_json_sql``).
     """
     from .batches import after_cursor
 
@@ -274,6 +317,10 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
         table = qn(TaskResult._meta.db_table)
         ctids = picked.values_list(RawSQL(f"{table}.ctid", []))[:limit]
         tail = ("," + json.dumps(extra, ensure_ascii=False)[1:]).encode()  # ',"source":...}'
+        if _session_in_utc(connection):
+            record_sql, done_sql = f"row_to_json({table})::text", f"{table}.{qn('date_done')}::text"
+        else:
+            record_sql, done_sql = _utc_json_sql(table, qn), _utc_text_sql(f"{table}.{qn('date_done')}")
         # The same snapshot cannot be assumed between the two steps: the fetch
         # re-applies every condition, so a row changed in between is left out
         # (and the next batch's cursor moves past it only if it is still due).
@@ -281,8 +328,7 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
             where=[f"{table}.ctid = ANY(ARRAY({ctids.query.sql_with_params()[0]}))"],
             params=list(ctids.query.sql_with_params()[1]),
         ).order_by("date_done", "id").values_list(
-            "id", "task_id", RawSQL(f"{table}.{qn('date_done')}::text", []), size,
-            RawSQL(f"row_to_json({table})::text", []),
+            "id", "task_id", RawSQL(done_sql, []), size, RawSQL(record_sql, []),
         )
         return [
             DueRow(pk, task_id, done, nbytes or 0, line[:-1].encode() + tail)
@@ -299,6 +345,28 @@ def read_due(due: Q, using: str, after: Any, limit: int, policy: str, size: Any)
         line = dumps(record_from_row(tuple(values), policy=policy)).encode()
         result.append(DueRow(values[index["id"]], values[index["task_id"]], values[index["date_done"]], nbytes or 0, line))
     return result
+
+
+def _utc_text_sql(column: str) -> str:
+    """PostgreSQL: a timestamptz column as the archive's UTC text, whatever the session's zone."""
+    # "HH24:MI:SS.US" always has six fraction digits, as encode_value writes them.
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+
+def _utc_json_sql(table: str, qn: Any) -> str:
+    """PostgreSQL: ``row_to_json`` of a TaskResult row, with its dates in UTC text.
+
+    The row of a correlated sub-select, its columns in the table's order and named
+    as the table's: the same compact JSON ``row_to_json(table)`` writes, but with
+    the dates rendered by ``_utc_text_sql``.
+    """
+    parts = []
+    for f in TASK_RESULT_FIELDS:
+        column = f"{table}.{qn(f.column)}"
+        if f.get_internal_type() == "DateTimeField":
+            column = _utc_text_sql(column)
+        parts.append(f"{column} AS {qn(f.attname)}")
+    return f"(SELECT row_to_json(r) FROM (SELECT {', '.join(parts)}) AS r)::text"
 
 
 class DueReader:
@@ -324,6 +392,10 @@ class DueReader:
     def _read(self, after: Any) -> list[DueRow]:
         return read_due(self.due, self.using, after, self.chunk, self.policy, self.size)
 
+    def _cursor(self, row: DueRow) -> tuple[datetime | None, Any]:
+        # A query parameter: in the database's form (naive local without USE_TZ).
+        return db_datetime(row.date_done, connections[self.using]), row.pk
+
     def chunks(self) -> Iterator[list[DueRow]]:
         """Chunks until the due rows are used up (the last one may be short or empty)."""
         if not self.prefetch:
@@ -333,7 +405,7 @@ class DueReader:
                 yield rows
                 if len(rows) < self.chunk:
                     return
-                after = (as_datetime(rows[-1].date_done), rows[-1].pk)
+                after = self._cursor(rows[-1])
         self._thread = threading.Thread(target=self._produce, name="archive-reader", daemon=True)
         self._thread.start()
         while True:
@@ -352,7 +424,7 @@ class DueReader:
                 self._put(rows)
                 if len(rows) < self.chunk:
                     break
-                after = (as_datetime(rows[-1].date_done), rows[-1].pk)
+                after = self._cursor(rows[-1])
             self._put(self._END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(exc)
@@ -477,7 +549,9 @@ class ArchiveWriter:
                     self.last = done
 
     def object_name(self, batch_id: int) -> str:
-        when = self.first or timezone.now()
+        # UTC, as the dates inside (``first``/``last`` are UTC): timezone.now() is
+        # naive local time without USE_TZ.
+        when = self.first or datetime.now(UTC)
         slug = slugify(self.policy_name) or "policy"
         stamp = f"{when:%Y%m%dT%H%M%S}"
         if self.last is not None:
@@ -502,8 +576,9 @@ class ArchiveWriter:
             status=ArchiveBatch.Status.WRITING,
             holder=self.holder,
             records=len(self.pairs),
-            first_done=self.first,
-            last_done=self.last,
+            # Columns: the database's form (first/last are UTC, for names and content).
+            first_done=db_datetime(self.first, connections[self.db]),
+            last_done=db_datetime(self.last, connections[self.db]),
         )
         try:
             name = self.object_name(batch.pk)
@@ -575,8 +650,11 @@ def _insert_lookup(batch_id: int, pairs: list[tuple[str, datetime | None]], usin
             with cursor.copy(f"COPY {qn(ArchivedResult._meta.db_table)} ({columns}) FROM STDIN") as copy:
                 copy.write(rows)
         return
+    # Dates read from the database are in its form already; archive dates (Redis
+    # records, ``add``) are UTC and must take the result rows' form, naive local
+    # time without USE_TZ, for delete_archived_rows to find the rows.
     ArchivedResult.objects.using(using).bulk_create(
-        (ArchivedResult(batch_id=batch_id, task_id=tid, date_done=done) for tid, done in pairs),
+        (ArchivedResult(batch_id=batch_id, task_id=tid, date_done=db_datetime(done, connection)) for tid, done in pairs),
         batch_size=LOOKUP_CHUNK,
     )
 

@@ -7,6 +7,10 @@ pygal (no JavaScript, no CDN: ``js=[]``); each has a table with the same numbers
 under it. A period's snapshots are thinned to at most one point per bucket (one
 hour up to 7 days, 4 hours for 30 days, 12 hours for 90 days) so a chart has a
 few hundred points at most, whatever the snapshot frequency.
+
+Times are shown in local time. With ``USE_TZ = False`` the records hold naive
+``TIME_ZONE`` local times: they are shown as they are (``_local``) and compared
+only with ``timezone.now()``, naive too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pygal
+from django.conf import settings
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay
 from django.utils import timezone
@@ -148,8 +153,40 @@ def _fmt_bytes(value: float | None) -> str:
     return "" if value is None else human_bytes(int(value))
 
 
+def _local(value: datetime) -> datetime:
+    """``value`` in local time: a naive one (``USE_TZ = False``) is local time already.
+
+    ``timezone.localtime`` refuses naive datetimes.
+    """
+    return value if timezone.is_naive(value) else timezone.localtime(value)
+
+
+def _zone_name() -> str:
+    """The zone the charts' times are in: the current one, or TIME_ZONE without USE_TZ."""
+    # Naive times are never converted to an activated zone, so they are in TIME_ZONE.
+    return timezone.get_current_timezone_name() if settings.USE_TZ else timezone.get_default_timezone_name()
+
+
+def _instant(value: datetime) -> datetime:
+    """An aware datetime (naive: TIME_ZONE local time), for arithmetic on real instants."""
+    return timezone.make_aware(value, timezone.get_default_timezone()) if timezone.is_naive(value) else value
+
+
+def _like(value: datetime, reference: datetime) -> datetime:
+    """``value`` naive or aware as ``reference`` is, so the two can be subtracted.
+
+    The backend health keeps ``checked_at`` as text, written naive or aware by
+    whatever ``USE_TZ`` said then; the cache and old snapshots may hold either.
+    """
+    if timezone.is_naive(reference) and timezone.is_aware(value):
+        return timezone.make_naive(value, timezone.get_default_timezone())
+    if timezone.is_aware(reference) and timezone.is_naive(value):
+        return timezone.make_aware(value, timezone.get_default_timezone())
+    return value
+
+
 def _label(point: Point, span: timedelta) -> str:
-    local = timezone.localtime(point.taken_at)
+    local = _local(point.taken_at)
     text = local.strftime("%m-%d %H:%M" if span <= timedelta(days=7) else "%Y-%m-%d %H:%M")
     return f"{ESTIMATE_MARK}{text}" if point.backfill else text
 
@@ -165,7 +202,9 @@ def load_points(since: datetime, bucket: timedelta) -> list[Point]:
     for pk, taken_at, kind in (
         StorageSnapshot.objects.filter(taken_at__gte=since).order_by("taken_at", "pk").values_list("pk", "taken_at", "kind")
     ):
-        key = int(taken_at.timestamp() // seconds)
+        # On the instant: a naive datetime's timestamp() would read it in the
+        # process's zone, which need not be TIME_ZONE.
+        key = int(_instant(taken_at).timestamp() // seconds)
         backfill = kind == StorageSnapshot.Kind.BACKFILL
         previous = chosen.get(key)
         if previous is not None and backfill and not previous[1]:
@@ -220,7 +259,7 @@ def _estimate_caption(points: list[Point]) -> str:
     backfilled = [p for p in points if p.backfill]
     parts = []
     if backfilled:
-        last = timezone.localtime(backfilled[-1].taken_at).strftime("%Y-%m-%d %H:%M")
+        last = _local(backfilled[-1].taken_at).strftime("%Y-%m-%d %H:%M")
         parts.append(
             f"Points marked {ESTIMATE_MARK} (up to {last}) are reconstructed estimates "
             "(snapshot_results --backfill), not measurements."
@@ -251,7 +290,7 @@ def _stacked_chart(
         return Chart(key, title, None, caption, headers, [], empty="No snapshots in this period yet.")
     chart = pygal.StackedLine(
         **_config(
-            title=title, fill=True, x_title=f"time ({timezone.get_current_timezone_name()})", y_title=y_title,
+            title=title, fill=True, x_title=f"time ({_zone_name()})", y_title=y_title,
             value_formatter=fmt, show_dots=len(points) <= 48,
         )
     )
@@ -290,7 +329,7 @@ def redis_chart(points: list[Point], span: timedelta) -> Chart:
     labels = [_label(p, span) for p in with_redis]
     chart = pygal.Line(
         **_config(
-            title=title, fill=True, x_title=f"time ({timezone.get_current_timezone_name()})", y_title="bytes",
+            title=title, fill=True, x_title=f"time ({_zone_name()})", y_title="bytes",
             value_formatter=_fmt_bytes, show_legend=False, show_dots=len(with_redis) <= 48,
         )
     )
@@ -310,7 +349,7 @@ def runs_chart(since: datetime) -> Chart:
     if count > RUN_BARS:
         title = "Deleted and archived per day"
         data = [
-            (timezone.localtime(day).strftime("%Y-%m-%d"), deleted or 0, archived or 0, str(n))
+            (_local(day).strftime("%Y-%m-%d"), deleted or 0, archived or 0, str(n))
             for day, deleted, archived, n in runs.annotate(day=TruncDay("started_at"))
             .order_by("day")
             .values("day")
@@ -322,7 +361,7 @@ def runs_chart(since: datetime) -> Chart:
         headers = ["day", "deleted", "archived", "runs"]
     else:
         data = [
-            (f"#{pk} {timezone.localtime(started).strftime('%m-%d %H:%M')}", deleted, archived, status)
+            (f"#{pk} {_local(started).strftime('%m-%d %H:%M')}", deleted, archived, status)
             for pk, started, deleted, archived, status in runs.order_by("started_at").values_list(
                 "pk", "started_at", "deleted", "archived", "status"
             )
@@ -356,7 +395,7 @@ def top_tasks_chart(latest: StorageSnapshot | None) -> Chart:
     )
     chart.x_labels = [row[0] for row in rows]
     chart.add("bytes", [t["bytes"] for t in top])
-    when = timezone.localtime(latest.taken_at).strftime("%Y-%m-%d %H:%M")
+    when = _local(latest.taken_at).strftime("%Y-%m-%d %H:%M")
     how = "estimated from a sample" if latest.rows_estimated else "counted"
     return Chart(
         "tasks", title, _render(chart),
@@ -422,7 +461,7 @@ def forecast(now: datetime) -> Forecast:
             days = (target - current) / slope
             out.lines.append(
                 f"At the last 7 days' rate ({'; '.join([f'+{fmt(slope)} a day', *notes])}) the {what} reaches "
-                f"{target_name}{fmt(target)}, in {days:,.0f} days ({timezone.localtime(now + timedelta(days=days)):%Y-%m-%d})."
+                f"{target_name}{fmt(target)}, in {days:,.0f} days ({_local(now + timedelta(days=days)):%Y-%m-%d})."
             )
     return out
 
@@ -431,6 +470,7 @@ def health_view(now: datetime) -> dict[str, Any] | None:
     found, when = latest_health()
     if found is None:
         return None
+    when = _like(when, now) if when else None
     age = (now - when) if when else None
     return {**found, "age": age, "when": when}
 

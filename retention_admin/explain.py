@@ -3,6 +3,10 @@
 ``explain(task_id)`` answers from the policies, holds, the run history and the
 archive look-up rows (``ArchivedResult``, indexed by task id), never by reading
 archive objects. The ``explain_result`` command and the admin render it.
+
+Times are shown in local time and say their zone. With ``USE_TZ = False`` the
+database's datetimes are naive ``TIME_ZONE`` local times: they are compared with
+``timezone.now()`` (naive too) as they are, and given their zone only for display.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class Explanation:
             elif self.chord_waiting and not self.holds and self.grace_until is None:
                 when = "while its chord waits for another part"
             else:
-                when = f"until {max(u for u in until if u is not None):%Y-%m-%d %H:%M}"
+                when = f"until {_local(max(u for u in until if u is not None)):%Y-%m-%d %H:%M %Z}"
             protection = f"; protected {when}"
         else:
             protection = ""
@@ -89,7 +93,18 @@ class Explanation:
             return f"{self.task_id} is governed by {who} and kept forever{protection}"
         # Due means date_done < now - keep_for: at due_at itself it is not due yet.
         tense = "was due" if self.due_at < now else "becomes due"
-        return f"{self.task_id} is governed by {who}; it {tense} at {self.due_at:%Y-%m-%d %H:%M %Z}{protection}"
+        return f"{self.task_id} is governed by {who}; it {tense} at {_local(self.due_at):%Y-%m-%d %H:%M %Z}{protection}"
+
+
+def _local(value: datetime) -> datetime:
+    """``value`` in local time, aware (so ``%Z`` and ``isoformat`` name the zone).
+
+    A naive datetime is what the database gives with ``USE_TZ = False``: already
+    local time in ``TIME_ZONE``, so it is given that zone, never converted.
+    """
+    if timezone.is_naive(value):
+        return timezone.make_aware(value, timezone.get_default_timezone())
+    return timezone.localtime(value)
 
 
 def _reasons(rule: Rule, row: TaskResult) -> list[str]:
@@ -161,7 +176,11 @@ def explain(task_id: str, *, using: str | None = None, now: datetime | None = No
 
 def as_dict(explanation: Explanation, now: datetime | None = None) -> dict[str, Any]:
     def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
+        # A naive (USE_TZ = False) time gets its TIME_ZONE offset: without one, a
+        # reader of the JSON (and the admin's parse_datetime) could take it for UTC.
+        if value is None:
+            return None
+        return (_local(value) if timezone.is_naive(value) else value).isoformat()
 
     e = explanation
     return {

@@ -8,18 +8,21 @@ skipped and reported, never overwritten. Each batch is restored in one
 transaction: all of it or none of it. Restored results are protected from
 cleanup for a grace period (``RESTORE_GRACE_DAYS``, or ``--grace-days``) so a
 restore is not undone by the next tier run; the operator can end it early.
+
+Archived dates are UTC instants; each goes back in the form Django stores on the
+connection (with ``USE_TZ = False``: naive ``TIME_ZONE`` local time), so a
+restored ``date_done`` equals the one that was archived.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django_celery_results.models import TaskResult
 
 from . import archive, conf
@@ -116,7 +119,16 @@ def restore_batches(
     order = sorted(batches, key=lambda b: (b.last_done is not None, b.last_done, b.pk), reverse=True)
     restored: set[str] = set()
     by_id = {b.pk: _restore_one(b, wanted, dry_run, db, grace_until, restored) for b in order}
-    return RestoreReport(dry_run, [by_id[b.pk] for b in batches], grace_until.isoformat() if grace_until else None)
+    return RestoreReport(dry_run, [by_id[b.pk] for b in batches], _report_time(grace_until))
+
+
+def _report_time(value: datetime | None) -> str | None:
+    """ISO 8601 with its offset: naive (``USE_TZ = False``) means ``TIME_ZONE`` local time."""
+    if value is None:
+        return None
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value.isoformat()
 
 
 def _restore_one(
@@ -132,7 +144,7 @@ def _restore_one(
         kept = newest.get(task_id)
         if kept is not None:
             report.duplicates += 1
-            if (_done(record) or "") <= (_done(kept) or ""):
+            if _done(record) <= _done(kept):
                 continue
         newest[task_id] = record
     if wanted is not None:
@@ -168,10 +180,21 @@ def _restore_one(
     return report
 
 
-def _done(record: dict[str, Any]) -> str | None:
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _done(record: dict[str, Any]) -> datetime:
+    """A record's date_done as an instant (records without one sort first).
+
+    Compared as instants, not as text: two records of one task id may carry
+    different offsets (an archive written by another version or by hand).
+    """
     value = record.get("date_done")
-    parsed = parse_datetime(value) if isinstance(value, str) else None
-    return parsed.isoformat() if parsed else None
+    try:
+        parsed = archive.as_datetime(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    return parsed or _NEVER
 
 
 def _insert(records: list[dict[str, Any]], db: str) -> None:
@@ -186,9 +209,18 @@ def _insert(records: list[dict[str, Any]], db: str) -> None:
         # COPY, with the archived text as it is (PostgreSQL parses the ISO dates):
         # four times the rows a second of INSERTs with Python-parsed dates.
         connection.ensure_connection()
+        # A session in TIME_ZONE (USE_TZ = False) would read a date without an
+        # offset as local time; the archive format says such a date is UTC.
+        dates = [] if connection.timezone_name == "UTC" else [
+            i for i, f in enumerate(fields) if f.get_internal_type() == "DateTimeField"
+        ]
         with connection.connection.cursor() as cursor, cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
             for record in records:
-                copy.write_row([_raw(record, f) for f in fields])
+                row = [_raw(record, f) for f in fields]
+                for i in dates:
+                    if isinstance(row[i], str):
+                        row[i] = archive.as_datetime(row[i])
+                copy.write_row(row)
         return
     sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
     with connection.cursor() as cursor:
@@ -202,7 +234,10 @@ def _row(record: dict[str, Any], fields: list[Any], connection: Any) -> list[Any
     values = []
     for f in fields:
         value = _raw(record, f)
-        value = f.to_python(value) if isinstance(value, str) and f.get_internal_type() == "DateTimeField" else value
+        if isinstance(value, str) and f.get_internal_type() == "DateTimeField":
+            # The archived UTC instant, in the form this connection stores (naive
+            # TIME_ZONE local time without USE_TZ: SQLite and MySQL refuse aware ones).
+            value = archive.db_datetime(value, connection)
         values.append(f.get_db_prep_save(value, connection))
     return values
 

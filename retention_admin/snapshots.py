@@ -269,13 +269,20 @@ def page_sampled_tally(using: str, sample_rows: int, estimate: int) -> tuple[_Ta
 
 
 def stuck_results(using: str, now: datetime) -> dict[str, Any]:
-    """PENDING/STARTED results older than STUCK_AFTER_SECONDS (by the status index)."""
+    """PENDING/STARTED results older than STUCK_AFTER_SECONDS (by the status index).
+
+    ``now`` is ``timezone.now()``: naive without USE_TZ, like the dates it is compared with.
+    """
     after = conf.get_config().stuck_after_seconds
     old = TaskResult.objects.using(using).order_by().filter(
         status__in=STUCK_STATES, date_done__lt=now - timedelta(seconds=after)
     )
     by_status = dict(old.values_list("status").annotate(n=Count("id")))
     oldest = old.aggregate(oldest=Min("date_done"))["oldest"] if by_status else None
+    if oldest is not None and timezone.is_naive(oldest):
+        # USE_TZ = False: a naive TIME_ZONE local time. Stored with its offset, so
+        # the JSON says which zone it is in (a naive ISO string reads as UTC).
+        oldest = timezone.make_aware(oldest, timezone.get_default_timezone())
     return {
         "older_than_s": after,
         "rows": {state: by_status.get(state, 0) for state in STUCK_STATES},

@@ -73,8 +73,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-USE_TZ = True
-TIME_ZONE = "UTC"
+# The environment may choose them, so the suite also runs as a project with
+# USE_TZ = False (Django's default before 5.0) in a local zone would.
+USE_TZ = os.environ.get("DJANGO_USE_TZ", "1") == "1"
+TIME_ZONE = os.environ.get("DJANGO_TIME_ZONE", "UTC")
 STATIC_URL = "static/"
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")
