@@ -33,6 +33,7 @@ from .batches import Batch, BatchDeleter
 from .celery_config import result_expires
 from .keep import header_task_ids, kept_q
 from .leases import Lease, LeaseBusy, make_holder
+from .runs import ProgressSaver, close_abandoned, progress_totals
 from .matching import Governance, Rule, row_bytes_expression
 from .validators import MAX_KEEP_FOR
 from .models import ArchiveBatch, ChordCounterSighting, CleanupRun, RetentionPolicy, RetentionTier
@@ -223,6 +224,9 @@ class _Executor:
         self.groups_deleted = self.chords_deleted = 0
         self.cleanup_run: CleanupRun | None = None
         self.kept: dict[str, Q] = {}
+        # Every scope's counts as the run goes (saved now and then: runs.ProgressSaver).
+        self.scoped: list[tuple[Rule, ScopeResult]] = []
+        self.unmatched = ScopeResult()
 
     # -- bookkeeping -------------------------------------------------------
     def _selected_rules(self, governance: Governance) -> list[Rule]:
@@ -262,13 +266,19 @@ class _Executor:
 
     def run(self) -> CleanupRun:
         run = self.cleanup_run = self._create_run()
-        scoped: list[tuple[Rule, ScopeResult]] = []
-        unmatched = ScopeResult()
+        self.save_progress = ProgressSaver(run, self.records_db)
+        self.save_progress({}, force=True)  # the first heartbeat
+        scoped = self.scoped
+        unmatched = self.unmatched
         groups = chords = 0
         scopes = 0
         redis_report: dict[str, Any] | None = None
         error = ""
         try:
+            with self._savepoints():
+                closed = close_abandoned(self.records_db, self.lease_seconds)
+            if closed:
+                self.notes.append(f"closed {closed} earlier run(s) whose process had stopped (abandoned)")
             if not self.dry_run:
                 self._refresh_sqlite_statistics()
             with self._savepoints():
@@ -463,6 +473,12 @@ class _Executor:
                 lease.release()
             self.lease, self.leases = None, []
 
+    def _saved_progress(self) -> None:
+        """Save the counts so far (at most every few seconds): a killed run keeps them."""
+        if self.dry_run:
+            return
+        self.save_progress(progress_totals([*(result for _rule, result in self.scoped), self.unmatched]))
+
     def _savepoint_aliases(self) -> list[str]:
         return [alias for alias in sorted({self.db, self.records_db}) if connections[alias].in_atomic_block]
 
@@ -582,6 +598,8 @@ class _Executor:
                 result.deleted += deleted
                 if self.progress is not None:
                     self.progress.advance(done.records)
+            if finished:
+                self._saved_progress()
 
         try:
             while True:
@@ -738,6 +756,7 @@ class _Executor:
                     result.bytes += nbytes
                 if self.progress is not None:
                     self.progress.advance(batch.deleted)
+                self._saved_progress()
         finally:
             if self.progress is not None:
                 self.progress.finish()

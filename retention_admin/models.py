@@ -225,6 +225,7 @@ class CleanupRun(models.Model):
         SKIPPED = "skipped", _("skipped (another run holds the lease)")
         FAILED = "failed", _("failed")
         DISPATCHED = "dispatched", _("dispatched to workers")
+        ABANDONED = "abandoned", _("abandoned (its process stopped without finishing)")
 
     trigger = models.CharField(_("trigger"), max_length=20, choices=Trigger.choices)
     tier = models.ForeignKey(
@@ -266,6 +267,10 @@ class CleanupRun(models.Model):
     started_at = models.DateTimeField(_("started at"), default=timezone.now, db_index=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     duration_s = models.FloatField(_("duration (s)"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        _("last sign of life"), null=True, blank=True,
+        help_text=_("Set by the database's clock whenever a running run saves its progress."),
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

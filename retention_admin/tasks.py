@@ -81,6 +81,12 @@ def run_policy(
 @shared_task(name="retention_admin.tasks.take_snapshot", ignore_result=False)
 def take_snapshot() -> int:
     """Record the size of the result store and the result backend's health; returns the snapshot id."""
+    from django.db import router
+
+    from . import conf
+    from .runs import close_abandoned
     from .snapshots import take_snapshot as take
 
+    # Hourly, whatever else runs: a run whose process died is closed within the hour.
+    close_abandoned(router.db_for_write(CleanupRun), conf.get_config().lease_seconds)
     return take(health=True).pk
