@@ -46,10 +46,13 @@ class BatchRestore:
     already_present: list[str] = field(default_factory=list)
     duplicates: int = 0
     not_in_batch: list[str] = field(default_factory=list)
+    # Nothing to restore: the batch (status, grace) was left as it was.
+    unchanged: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "batch": self.batch,
+            "unchanged": self.unchanged,
             "records": self.records,
             "restored": self.restored,
             "already_present": len(self.already_present),
@@ -163,6 +166,11 @@ def _restore_one(
         # only a dry run needs to remember it (and memory stays flat otherwise).
         restored.update(record["task_id"] for record in rows)
     if dry_run:
+        return report
+    if not rows:
+        # Every record is in the table already (restored before, or never deleted):
+        # nothing is written, and the batch's grace period is not extended.
+        report.unchanged = True
         return report
     try:
         with transaction.atomic(using=db):

@@ -310,6 +310,24 @@ def test_restore_puts_every_column_back_and_protects_it(make_result, archive_dir
     assert ids_left() == {"a0"}
 
 
+def test_restoring_an_already_restored_batch_changes_nothing_and_says_so(make_result, archive_dir):
+    audit_policy()
+    batch = archived_batch(make_result, archive_dir, n=2)
+    call_command("restore_results", str(batch.pk), "--grace-days", "1", stdout=io.StringIO())
+    batch.refresh_from_db()
+    first = (batch.status, batch.restored_at, batch.grace_until)
+
+    out = io.StringIO()
+    call_command("restore_results", str(batch.pk), "--grace-days", "30", stdout=out)
+
+    batch.refresh_from_db()
+    assert (batch.status, batch.restored_at, batch.grace_until) == first  # grace not extended
+    assert "restored 0, skipped 2 already present" in out.getvalue()
+    assert "nothing to restore, so the batch and its grace period are unchanged" in out.getvalue()
+    assert "protected from cleanup until" not in out.getvalue()
+    assert restore_batches([batch.pk]).as_dict()["batches"][0]["unchanged"] is True
+
+
 def test_restore_skips_present_ids_and_never_overwrites(make_result, archive_dir):
     audit_policy()
     batch = archived_batch(make_result, archive_dir, n=3)

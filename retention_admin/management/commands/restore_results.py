@@ -62,6 +62,8 @@ class Command(BaseCommand):
                 line += f", {batch['duplicates']} archived twice"
             if batch["not_in_batch"]:
                 line += f"; not in this batch: {', '.join(batch['not_in_batch'])}"
+            if batch["unchanged"]:
+                line += "; nothing to restore, so the batch and its grace period are unchanged"
             self.stdout.write(line)
-        if not dry_run and data["grace_until"]:
+        if not dry_run and data["grace_until"] and any(b["restored"] for b in data["batches"]):
             self.stdout.write(f"Restored results are protected from cleanup until {data['grace_until']}.")
