@@ -174,7 +174,7 @@ def _restore_one(
         return report
     try:
         with transaction.atomic(using=db):
-            _insert(rows, db)
+            insert_records(rows, db)
             ArchiveBatch.objects.using(db).filter(pk=batch.pk).update(
                 status=ArchiveBatch.Status.RESTORED, restored_at=timezone.now(), grace_until=grace_until
             )
@@ -205,7 +205,7 @@ def _done(record: dict[str, Any]) -> datetime:
     return parsed or _NEVER
 
 
-def _insert(records: list[dict[str, Any]], db: str) -> None:
+def insert_records(records: list[dict[str, Any]], db: str) -> None:
     """Insert records with every column as archived (raw SQL: ``auto_now`` would overwrite dates)."""
     connection = connections[db]
     fields = [f for f in archive.TASK_RESULT_FIELDS if f.attname not in SKIPPED_COLUMNS]
