@@ -782,10 +782,12 @@ class _Executor:
                 yield batch
             if batch.done:
                 return
-            # A batch that deleted nothing leaves the cursor where it was: its rows
-            # changed under it and are judged again. Rows that keep changing are left
-            # to the next run rather than retried without end.
-            idle = idle + 1 if not batch.deleted else 0
+            # A batch that deleted nothing and did not move the cursor (an ordered pick
+            # whose rows all changed under it) is judged again from the same place;
+            # rows that keep changing are left to the next run rather than retried
+            # without end. A PostgreSQL window that held nothing due still moves on.
+            stuck = not batch.deleted and (batch.last is None or batch.last == after)
+            idle = idle + 1 if stuck else 0
             if idle >= IDLE_BATCHES:
                 self.incomplete = True
                 self.notes.append(

@@ -130,12 +130,14 @@ def explain(task_id: str, *, using: str | None = None, now: datetime | None = No
     now = now or timezone.now()
     db = using or router.db_for_read(TaskResult)
     row = TaskResult.objects.using(db).filter(task_id=task_id).first()
-    archived = (
-        ArchivedResult.objects.using(router.db_for_read(ArchivedResult))
+    archived = [
+        a
+        for a in ArchivedResult.objects.using(router.db_for_read(ArchivedResult))
         .filter(task_id=task_id)
         .select_related("batch")
         .order_by("-batch__created_at", "-batch_id")
-    )
+        if a.task_id == task_id  # exact, whatever the collation (MySQL ignores case)
+    ]
     refs = [
         ArchiveRef(a.batch_id, a.batch.status, a.batch.policy_name, a.date_done, a.batch.created_at, a.batch.run_id)
         for a in archived
@@ -165,7 +167,8 @@ def explain(task_id: str, *, using: str | None = None, now: datetime | None = No
     result.keeps_forever = keep is None
     if keep is not None and row.date_done is not None:
         result.due_at = row.date_done + keep
-    result.holds = [h for h in RetentionHold.objects.active(now).filter(task_id=task_id)]
+    # Compared again in Python: MySQL's collations match ids regardless of case.
+    result.holds = [h for h in RetentionHold.objects.active(now).filter(task_id=task_id) if h.task_id == task_id]
     graces = [
         a.batch.grace_until for a in archived if a.batch.grace_until is not None and a.batch.grace_until > now
     ]

@@ -24,8 +24,9 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from django.db import router
-from django.db.models import BooleanField, Q
+from django.db import connections, router
+from django.db.models import BinaryField, BooleanField, F, Func, Q
+from django.db.models.lookups import In
 from django.db.models.expressions import Expression
 from django_celery_results.models import ChordCounter
 
@@ -89,11 +90,26 @@ def header_task_ids(results: list[Any]) -> Iterator[str]:
 def _in(column: str, source: Any, field: str, using: str) -> Q:
     db = router.db_for_read(source.model)
     if db == using:
+        if connections[using].vendor == "mysql":
+            # Task ids match exactly: MySQL's usual collations ignore case and
+            # trailing spaces, so a hold on "A " would keep "a" too.
+            binary = source.using(using).annotate(exact_id=AsBinary(field)).values("exact_id")
+            return Q(In(AsBinary(column), binary))
         return Q(**{f"{column}__in": source.using(using).values(field)})
     ids = list(source.using(db).values_list(field, flat=True).distinct())
     if not ids:
         return Q(pk__in=[])
     return Q(InArray(column, ids))
+
+
+class AsBinary(Func):
+    """MySQL: the value as bytes, compared exactly (no collation)."""
+
+    template = "CAST(%(expressions)s AS BINARY)"
+    output_field = BinaryField()
+
+    def __init__(self, column: str):
+        super().__init__(F(column))
 
 
 class InArray(Expression):
