@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from .celery_conf import CeleryConf
 from .services import in_ci, service_problem
 
 
@@ -32,6 +33,19 @@ def redis_server() -> Iterator[None]:
 def rabbitmq_server() -> Iterator[None]:
     require("rabbitmq")
     yield
+
+
+@pytest.fixture
+def celery_conf() -> Iterator[CeleryConf]:
+    """The test project's Celery configuration for one test: ``celery_conf.result_backend = url``.
+
+    Assigning to ``app.conf`` directly has no effect on Celery 5.3-5.6 for a setting
+    settings.py also sets (see tests/celery_conf.py); this works on every Celery we
+    support and puts everything back after the test.
+    """
+    conf = CeleryConf()
+    yield conf
+    conf.restore()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from django.test import override_settings
 from retention_admin.models import RetentionPolicy, RetentionTier
 from testproject.celery import app
 
+from .celery_conf import CeleryConf
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -29,14 +31,18 @@ def reset_backend() -> None:
 
 
 @contextmanager
-def result_backend(url: str, transport_options: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
-    """The project's Celery app with ``url`` as its result backend (restored afterwards)."""
-    keys = ["result_backend", "result_backend_transport_options", "result_expires"]
-    saved = {key: app.conf[key] for key in keys}
+def result_backend(
+    url: str, transport_options: dict[str, Any], tmp_path: Path, celery_conf: CeleryConf
+) -> Iterator[Any]:
+    """The project's Celery app with ``url`` as its result backend (restored afterwards).
+
+    Settings go through the test's ``celery_conf`` fixture, so a test that changes
+    more of them through it has them put back in the right order.
+    """
     previous = current_app._get_current_object()
     app.set_current()
-    app.conf.result_backend = url
-    app.conf.result_backend_transport_options = transport_options
+    celery_conf.result_backend = url
+    celery_conf.result_backend_transport_options = transport_options
     reset_backend()
     archive_dir = tmp_path / "archive"
     archive_dir.mkdir()
@@ -44,7 +50,7 @@ def result_backend(url: str, transport_options: dict[str, Any], tmp_path: Path) 
         with override_settings(RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "ARCHIVE_DIR": str(archive_dir)}):
             yield app
     finally:
-        app.conf.update(saved)
+        celery_conf.restore()
         reset_backend()
         previous.set_current()
 

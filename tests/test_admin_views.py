@@ -19,6 +19,8 @@ from retention_admin.executor import Options, Selection, run_cleanup
 from retention_admin.models import ArchiveBatch, CleanupRun, RetentionHold, RetentionPolicy, RetentionTier
 from retention_admin.previews import humanize_duration, preview_policy
 
+from .celery_conf import set_celery_setting
+
 pytestmark = pytest.mark.django_db
 DAY = timedelta(days=1)
 
@@ -233,7 +235,7 @@ def test_eager_tasks_mean_no_worker(settings):
     from retention_admin.admin_views import worker_available
 
     app = Celery("eager-test", broker="memory://", set_as_current=False)
-    app.conf.task_always_eager = True
+    set_celery_setting("task_always_eager", True, app)
     assert worker_available(app) == (False, "tasks run eagerly (task_always_eager)")
 
 

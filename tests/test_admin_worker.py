@@ -21,6 +21,7 @@ from django_celery_results.models import TaskResult
 
 from retention_admin.models import CleanupRun, RetentionTier
 
+from .celery_conf import CeleryConf
 from .services import AMQP_URL
 from .test_e2e_beat import Processes, celery_processes, start_worker  # noqa: F401 - the fixture
 
@@ -42,9 +43,10 @@ def broker_app(celery_processes: Processes) -> Iterator[Celery]:  # noqa: F811
     previous = current_app._get_current_object()
     app = Celery("admin-worker-test", set_as_current=True)
     app.config_from_object("django.conf:settings", namespace="CELERY")
-    app.conf.broker_url = AMQP_URL
-    app.conf.task_default_queue = celery_processes.queue
-    app.conf.task_always_eager = False
+    # Through the shared helper: settings.py's CELERY_BROKER_URL would win on Celery 5.3-5.6.
+    CeleryConf(app).update(
+        broker_url=AMQP_URL, task_default_queue=celery_processes.queue, task_always_eager=False
+    )
     import retention_admin.tasks  # noqa: F401 - shared tasks register on the new app
 
     try:

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from io import StringIO
-from typing import Any
 
 import pytest
 from django.core import checks
@@ -12,19 +10,6 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from retention_admin import checks as our_checks
-from testproject.celery import app
-
-
-@pytest.fixture
-def celery_conf() -> Iterator[Any]:
-    """Change the Celery app's configuration for one test, then put it back."""
-    keys = [
-        "result_backend", "beat_scheduler", "result_extended", "result_serializer",
-        "result_accept_content", "accept_content", "broker_url",
-    ]
-    saved = {key: app.conf[key] for key in keys}
-    yield app.conf
-    app.conf.update(saved)
 
 
 def ids(messages: list[checks.CheckMessage]) -> list[str]:

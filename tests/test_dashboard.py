@@ -20,7 +20,6 @@ from retention_admin.backfill import backfill
 from retention_admin.models import CleanupRun, RetentionPolicy, StorageSnapshot
 from retention_admin.recommendations import recommend
 from retention_admin.snapshots import take_snapshot
-from testproject.celery import app
 
 pytestmark = pytest.mark.django_db
 URL = "/admin/retention_admin/storagesnapshot/dashboard/"
@@ -154,13 +153,6 @@ def test_app_index_without_alerts_still_links_the_dashboard(admin_client):
 
 
 # -- recommendations -------------------------------------------------------------
-@pytest.fixture
-def celery_conf() -> Iterator[Any]:
-    saved = {key: app.conf[key] for key in ("result_backend", "beat_scheduler")}
-    yield app.conf
-    app.conf.update(saved)
-
-
 def test_recommendations_on_crafted_data(make_result, celery_conf):
     for _ in range(25):
         make_result(task_name="pings.heartbeat", result=None)

@@ -22,7 +22,6 @@ from retention_admin.models import (
     RetentionPolicy,
     RetentionTier,
 )
-from testproject.celery import app
 
 from .conftest import ids_left
 
@@ -45,15 +44,13 @@ def run(**kwargs: object) -> CleanupRun:
 
 
 @pytest.fixture
-def expires():
+def expires(celery_conf):
     """Set Celery's result_expires for one test."""
-    original = app.conf.result_expires
 
     def set_(value: object) -> None:
-        app.conf.result_expires = value
+        celery_conf.result_expires = value
 
-    yield set_
-    app.conf.result_expires = original
+    return set_
 
 
 def test_lowest_priority_wins_and_each_result_has_one_policy(make_result):

@@ -26,8 +26,13 @@ from retention_admin.backends import RetentionRedisBackend
 from retention_admin.models import RetentionHold, RetentionPolicy, RetentionTier
 from testproject.celery import app
 
+from .celery_conf import CeleryConf, celery_settings, task_key_prefix
+
 REDIS_URL = os.environ.get("TEST_RETENTION_REDIS_URL", "redis://127.0.0.1:6379/10")
-PREFIX = f"ratest{os.getpid()}:"
+PREFIX = f"ratest{os.getpid()}:"  # the global_keyprefix these tests configure
+# What Celery then puts before "celery-task-meta-": PREFIX itself, or on Celery 5.3-5.4
+# (which always add "_") "ratest123:_". Keys are named with it, scans match PREFIX.
+KEY_PREFIX = task_key_prefix(PREFIX)
 BACKEND = f"retention_admin.backends.RetentionRedisBackend+{REDIS_URL}"
 HOUR_MS = 3600 * 1000
 DAY = timedelta(days=1)
@@ -61,16 +66,18 @@ def redis_client(redis_server: None) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def redis_app(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
-    """The test project's Celery app with RetentionRedisBackend, configured as the README says."""
-    keys = ["result_backend", "result_backend_transport_options", "result_expires"]
-    saved = {key: app.conf[key] for key in keys}
+def redis_app(redis_client: redis.Redis, tmp_path: Path, celery_conf: CeleryConf) -> Iterator[Any]:
+    """The test project's Celery app with RetentionRedisBackend, configured as the README says.
+
+    Tests change its configuration further through the same ``celery_conf``, which
+    puts everything back after the test.
+    """
     # The project's app is the current one, as its celery.py makes it (another
     # test may have created an app of its own since).
     previous = current_app._get_current_object()
     app.set_current()
-    app.conf.result_backend = BACKEND
-    app.conf.result_backend_transport_options = {"global_keyprefix": PREFIX}
+    celery_conf.result_backend = BACKEND
+    celery_conf.result_backend_transport_options = {"global_keyprefix": PREFIX}
     reset_backend()
     archive_dir = tmp_path / "archive"
     archive_dir.mkdir()
@@ -78,13 +85,13 @@ def redis_app(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
         RETENTION_ADMIN={"REDIS_POLICY_REFRESH_SECONDS": 0, "ARCHIVE_DIR": str(archive_dir)}
     ):
         yield app
-    app.conf.update(saved)
+    celery_conf.restore()
     reset_backend()
     previous.set_current()
 
 
 def key(task_id: str) -> bytes:
-    return f"{PREFIX}celery-task-meta-{task_id}".encode()
+    return f"{KEY_PREFIX}celery-task-meta-{task_id}".encode()
 
 
 def store(task_id: str, task_name: str | None, state: str = states.SUCCESS, result: Any = "ok") -> None:
@@ -154,12 +161,8 @@ def test_held_task_ids_are_stored_without_ttl(redis_app, redis_client):
 
 def test_without_result_extended_task_name_policies_do_not_match(redis_app, redis_client):
     policy("t-api", priority=1, task_name_pattern="api.*", keep_for=timedelta(hours=6))
-    saved = app.conf.result_extended
-    app.conf.result_extended = False
-    try:
+    with celery_settings(result_extended=False):
         store("plain", "api.fetch")
-    finally:
-        app.conf.result_extended = saved
     # As in the database: no task name is stored, so the remainder's expiry applies.
     assert_ttl(redis_client, "plain", 24 * HOUR_MS)
 
@@ -168,21 +171,26 @@ def test_group_metadata_keeps_celerys_expiry(redis_app, redis_client):
     policy("t-critical", priority=1, task_name_pattern="*", keep_for=None)
     group = GroupResult("group-1", [app.AsyncResult("a"), app.AsyncResult("b")], app=app)
     app.backend.save_group("group-1", group)
-    ttl = redis_client.pttl(f"{PREFIX}celery-taskset-meta-group-1")
+    ttl = redis_client.pttl(f"{KEY_PREFIX}celery-taskset-meta-group-1")
     assert 24 * HOUR_MS - 1000 <= ttl <= 24 * HOUR_MS
 
 
-def test_a_real_task_run_stores_through_the_backend(redis_app, redis_client, monkeypatch):
+def test_a_real_task_run_stores_through_the_backend(redis_app, redis_client):
+    from celery.app.trace import build_tracer
+
     import testproject.tasks  # noqa: F401 - registers the task with the project's app
 
     add = app.tasks["testproject.tasks.add"]
     policy("t-add", priority=1, task_name_pattern="testproject.tasks.add", keep_for=timedelta(hours=1))
-    # Celery copies task_store_eager_result onto the task when it is first bound.
-    monkeypatch.setattr(add, "store_eager_result", True, raising=False)
-    result = add.apply(args=(2, 3))
-    assert result.get() == 5
-    assert_ttl(redis_client, result.id, HOUR_MS)
-    assert app.AsyncResult(result.id).get(timeout=1) == 5
+    # Traced as a worker runs a task it received (the request names the task), not with
+    # apply(): before Celery 5.3.5 an eager request carries no task name, so a result
+    # stored eagerly (task_store_eager_result) has none and per-task policies miss it.
+    task_id = "real-run-1"
+    tracer = build_tracer(add.name, add, hostname="worker@test", app=app)
+    request = {"id": task_id, "task": add.name, "hostname": "worker@test", "delivery_info": {}}
+    assert tracer(task_id, (2, 3), {}, request).retval == 5
+    assert_ttl(redis_client, task_id, HOUR_MS)
+    assert app.AsyncResult(task_id).get(timeout=1) == 5
 
 
 def test_policies_are_cached_and_only_the_results_own_id_is_asked(redis_app, redis_client):
@@ -226,21 +234,21 @@ def test_a_successful_result_is_not_overwritten(redis_app, redis_client):
     assert app.AsyncResult("done").state == states.SUCCESS
 
 
-def test_w006_stock_redis_backend_while_policies_exist(redis_app):
+def test_w006_stock_redis_backend_while_policies_exist(redis_app, celery_conf):
     from django.core.checks import registry
 
     from retention_admin import checks
 
     assert checks.check_stock_redis_backend in registry.registry.get_checks()
-    app.conf.result_backend = REDIS_URL
+    celery_conf.result_backend = REDIS_URL
     reset_backend()
     messages = checks.check_stock_redis_backend()
     assert [m.id for m in messages] == ["retention_admin.W006"]
     assert "RetentionRedisBackend+redis://" in messages[0].hint
-    app.conf.result_backend = BACKEND
+    celery_conf.result_backend = BACKEND
     assert checks.check_stock_redis_backend() == []
     RetentionPolicy.objects.update(enabled=False)
-    app.conf.result_backend = REDIS_URL
+    celery_conf.result_backend = REDIS_URL
     assert checks.check_stock_redis_backend() == []
 
 

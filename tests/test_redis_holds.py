@@ -98,8 +98,8 @@ def test_every_way_of_placing_a_hold_removes_the_ttl(redis_app, redis_client, on
     assert redis_client.pttl(key("job")) == -1
 
 
-def test_the_stock_redis_backend_is_synced_too(redis_app, redis_client, on_commit):
-    app.conf.result_backend = REDIS_URL  # Celery's own RedisBackend
+def test_the_stock_redis_backend_is_synced_too(redis_app, redis_client, on_commit, celery_conf):
+    celery_conf.result_backend = REDIS_URL  # Celery's own RedisBackend
     reset_backend()
     put(redis_client, "job", age=timedelta(hours=1), ttl_ms=23 * HOUR_MS)
     with on_commit():
@@ -239,11 +239,11 @@ def test_a_key_stored_again_since_it_was_read_is_not_changed(redis_app, redis_cl
 
 
 def test_an_unreachable_redis_never_fails_a_hold_and_the_enforcer_still_keeps_it(
-    redis_app, redis_client, on_commit, caplog
+    redis_app, redis_client, on_commit, caplog, celery_conf
 ):
     policy("t-live", priority=1, task_name_pattern="live.*", keep_for=timedelta(minutes=30))
     put(redis_client, "dash", "live.dashboard", age=timedelta(minutes=40), ttl_ms=MINUTE_MS)
-    app.conf.result_backend = "retention_admin.backends.RetentionRedisBackend+redis://:s3cret-pw@127.0.0.1:6399/7"
+    celery_conf.result_backend = "retention_admin.backends.RetentionRedisBackend+redis://:s3cret-pw@127.0.0.1:6399/7"
     reset_backend()
     caplog.set_level(logging.WARNING, logger="retention_admin")
     with on_commit():
@@ -252,7 +252,7 @@ def test_an_unreachable_redis_never_fails_a_hold_and_the_enforcer_still_keeps_it
     assert "Redis at redis://127.0.0.1:6399/7 is not reachable" in caplog.text
     assert "s3cret-pw" not in caplog.text
     # Redis back: the key still has the TTL, and is due; the enforcer keeps it all the same.
-    app.conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{REDIS_URL}"
+    celery_conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{REDIS_URL}"
     reset_backend()
     assert redis_client.pttl(key("dash")) > 0
     report = cleanup("--backend", "redis")

@@ -30,6 +30,7 @@ from retention_admin.restore import restore_batches
 from testproject.celery import app
 
 from .test_redis_backend import (  # noqa: F401 - fixtures
+    KEY_PREFIX,
     PREFIX,
     REDIS_URL,
     key,
@@ -168,7 +169,7 @@ def test_only_scan_is_used_never_keys(redis_app, redis_client):
     # Other sessions share the server: look at the commands sent to this test's database.
     db = int(REDIS_URL.rsplit("/", 1)[1])
     ours = [c["command"] for c in seen if c["db"] == db]
-    assert any(c.startswith("SCAN ") and f"MATCH {PREFIX}celery-task-meta-*" in c for c in ours)
+    assert any(c.startswith("SCAN ") and f"MATCH {KEY_PREFIX}celery-task-meta-*" in c for c in ours)
     assert not [c for c in ours if c.upper().startswith("KEYS ")]
     assert any(c.startswith("EVALSHA ") for c in ours)
 
@@ -296,9 +297,11 @@ def test_an_interrupted_redis_batch_is_finished_by_the_next_run(redis_app, redis
     assert by_name(report, "t-audit")["deleted"] == 1
 
 
-def test_redis_down_the_database_part_completes_and_the_run_fails(redis_app, make_result, caplog):
+def test_redis_down_the_database_part_completes_and_the_run_fails(
+    redis_app, make_result, caplog, celery_conf
+):
     make_result(task_id="db-failed", status="FAILURE", age=8 * DAY)
-    app.conf.result_backend = (
+    celery_conf.result_backend = (
         "retention_admin.backends.RetentionRedisBackend+redis://:s3cret-pw@127.0.0.1:6399/10"
     )
     reset_backend()
@@ -316,9 +319,11 @@ def test_redis_down_the_database_part_completes_and_the_run_fails(redis_app, mak
     assert "s3cret-pw" not in caplog.text
 
 
-def test_redis_refusing_auth_is_named_without_the_password(redis_app, redis_client, caplog):
+def test_redis_refusing_auth_is_named_without_the_password(
+    redis_app, redis_client, caplog, celery_conf
+):
     # No such ACL user: the server answers WRONGPASS (no server configuration is changed).
-    app.conf.result_backend = (
+    celery_conf.result_backend = (
         "retention_admin.backends.RetentionRedisBackend+redis://ratest-nobody:s3cret-pw@127.0.0.1:6379/10"
     )
     reset_backend()
@@ -361,8 +366,8 @@ def test_backend_cleanup_gives_the_remainder_result_expires(redis_app, redis_cli
 def test_figures_count_keys_by_kind_and_keys_without_ttl(redis_app, redis_client):
     put(redis_client, "a", ttl_ms=HOUR_MS)
     put(redis_client, "b")
-    redis_client.set(f"{PREFIX}celery-taskset-meta-g1", b"x")
-    redis_client.set(f"{PREFIX}chord-unlock-g1", b"1", ex=60)
+    redis_client.set(f"{KEY_PREFIX}celery-taskset-meta-g1", b"x")
+    redis_client.set(f"{KEY_PREFIX}chord-unlock-g1", b"1", ex=60)
     figures = redis_scan.redis_figures(timeout=2.0)
     assert figures is not None and figures["error"] is None
     assert figures["used_memory"] > 0
@@ -374,7 +379,7 @@ def test_figures_count_keys_by_kind_and_keys_without_ttl(redis_app, redis_client
 def test_figures_extrapolate_beyond_the_key_budget(redis_app, redis_client, monkeypatch):
     pipe = redis_client.pipeline(transaction=False)
     for n in range(3000):
-        pipe.set(f"{PREFIX}celery-task-meta-{n}", b"x")
+        pipe.set(f"{KEY_PREFIX}celery-task-meta-{n}", b"x")
     pipe.execute()
     monkeypatch.setattr(redis_scan, "FIGURES_KEY_BUDGET", 500)
     figures = redis_scan.redis_figures(timeout=2.0)
@@ -382,8 +387,8 @@ def test_figures_extrapolate_beyond_the_key_budget(redis_app, redis_client, monk
     assert figures["keys"]["task"] > 0
 
 
-def test_figures_are_none_without_redis_and_bounded_when_redis_is_down(redis_app):
-    app.conf.result_backend = "retention_admin.backends.RetentionDatabaseBackend"
+def test_figures_are_none_without_redis_and_bounded_when_redis_is_down(redis_app, celery_conf):
+    celery_conf.result_backend = "retention_admin.backends.RetentionDatabaseBackend"
     reset_backend()
     assert redis_scan.redis_figures() is None
     # A server that accepts connections and never answers: the figures give up in time.
@@ -394,7 +399,7 @@ def test_figures_are_none_without_redis_and_bounded_when_redis_is_down(redis_app
     silent.listen(1)
     try:
         port = silent.getsockname()[1]
-        app.conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+redis://:pw@127.0.0.1:{port}/10"
+        celery_conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+redis://:pw@127.0.0.1:{port}/10"
         reset_backend()
         started = time.monotonic()
         figures = redis_scan.redis_figures(timeout=0.5)
@@ -520,7 +525,7 @@ def test_many_keys_are_read_ahead_and_all_judged_once(redis_app, redis_client, m
     assert (unmatched["matched"], unmatched["deleted"]) == (150, 150)
     assert (unmatched["ttl_wrong"], unmatched["ttl_fixed"]) == (150, 150)
     assert redis_client.type(key("a-list")) == b"list"
-    left = [k for k in redis_client.scan_iter(match=f"{PREFIX}celery-task-meta-many-*")]
+    left = [k for k in redis_client.scan_iter(match=f"{KEY_PREFIX}celery-task-meta-many-*")]
     assert len(left) == 150 and all(redis_client.pttl(k) > 0 for k in left)
 
 
@@ -536,7 +541,7 @@ def test_max_runtime_stops_the_scan_and_its_reads_ahead(redis_app, redis_client)
     )
     report = enforcer.run()
     assert report["stopped"] and report["scanned"] == 0
-    assert len(redis_client.keys(f"{PREFIX}celery-task-meta-job-*")) == 50
+    assert len(redis_client.keys(f"{KEY_PREFIX}celery-task-meta-job-*")) == 50
 
 
 def test_values_the_fast_parser_refuses_are_still_judged_and_odd_names_left_alone(redis_app, redis_client):

@@ -106,9 +106,11 @@ def master_client(sentinel: tuple[int, int]) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def sentinel_app(sentinel: tuple[int, int], master_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
+def sentinel_app(
+    sentinel: tuple[int, int], master_client: redis.Redis, tmp_path: Path, celery_conf: Any
+) -> Iterator[Any]:
     url = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
-    with result_backend(url, {"master_name": MASTER}, tmp_path) as app_:
+    with result_backend(url, {"master_name": MASTER}, tmp_path, celery_conf) as app_:
         yield app_
 
 
@@ -137,8 +139,10 @@ def test_the_enforcer_finds_the_master_through_the_sentinel(sentinel_app, master
     assert run_.report["redis"]["server"] == f"sentinel://127.0.0.1:{sentinel[0]}/{DB} (master '{MASTER}')"
 
 
-def test_an_unknown_master_name_fails_the_redis_part_with_a_clear_message(sentinel_app, sentinel, make_result):
-    app.conf.result_backend_transport_options = {"master_name": "no-such-master"}
+def test_an_unknown_master_name_fails_the_redis_part_with_a_clear_message(
+    sentinel_app, sentinel, make_result, celery_conf
+):
+    celery_conf.result_backend_transport_options = {"master_name": "no-such-master"}
     reset_backend()
     make_result(task_id="old-db-row", age=timedelta(days=3))
     with pytest.raises(CleanupFailed) as failure:
@@ -150,14 +154,16 @@ def test_an_unknown_master_name_fails_the_redis_part_with_a_clear_message(sentin
     assert failure.value.run.report["unmatched"]["deleted"] == 1
 
 
-def test_w006_names_the_sentinel_backend_for_celerys_own_sentinel_url(sentinel_app, sentinel):
+def test_w006_names_the_sentinel_backend_for_celerys_own_sentinel_url(
+    sentinel_app, sentinel, celery_conf
+):
     api_policy("sentinel-api")
-    app.conf.result_backend = sentinel_url(sentinel[0])  # Celery's stock SentinelBackend
+    celery_conf.result_backend = sentinel_url(sentinel[0])  # Celery's stock SentinelBackend
     reset_backend()
     warnings = [m for m in run_checks(databases=["default"]) if m.id == "retention_admin.W006"]
     assert len(warnings) == 1
     assert "retention_admin.backends.RetentionSentinelBackend+sentinel://" in warnings[0].hint
 
-    app.conf.result_backend = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
+    celery_conf.result_backend = f"retention_admin.backends.RetentionSentinelBackend+{sentinel_url(sentinel[0])}"
     reset_backend()
     assert not [m for m in run_checks(databases=["default"]) if m.id == "retention_admin.W006"]

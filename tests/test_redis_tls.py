@@ -21,7 +21,6 @@ import pytest
 import redis
 
 from retention_admin.executor import Options, Selection, run_cleanup
-from testproject.celery import app
 
 from .redis_servers import api_policy, free_port, meta_key, reset_backend, result_backend, store
 from .services import in_ci
@@ -109,9 +108,12 @@ def tls_client(tls_server: tuple[int, Path]) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def tls_app(tls_server: tuple[int, Path], tls_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
+def tls_app(
+    tls_server: tuple[int, Path], tls_client: redis.Redis, tmp_path: Path, celery_conf: Any
+) -> Iterator[Any]:
     port, ca = tls_server
-    with result_backend(f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca)}", {}, tmp_path) as app_:
+    url = f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca)}"
+    with result_backend(url, {}, tmp_path, celery_conf) as app_:
         yield app_
 
 
@@ -149,11 +151,13 @@ def test_the_enforcer_works_over_tls_and_never_shows_the_password(tls_app, tls_c
     assert PASSWORD not in everything
 
 
-def test_a_wrong_password_over_tls_is_named_without_either_password(tls_app, tls_server, caplog):
+def test_a_wrong_password_over_tls_is_named_without_either_password(
+    tls_app, tls_server, caplog, celery_conf
+):
     from retention_admin.executor import CleanupFailed
 
     port, ca = tls_server
-    app.conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca, 'not-the-pw')}"
+    celery_conf.result_backend = f"retention_admin.backends.RetentionRedisBackend+{tls_url(port, ca, 'not-the-pw')}"
     reset_backend()
     caplog.set_level(logging.INFO)
     with pytest.raises(CleanupFailed) as failure:

@@ -29,17 +29,16 @@ def reset_backend() -> None:
 
 
 @pytest.fixture
-def result_backend(redis_server: None) -> Iterator[Any]:
+def result_backend(redis_server: None, celery_conf: Any) -> Iterator[Any]:
     """Sets the test project's app's ``result_backend``; the configured one comes back after."""
-    saved = app.conf.result_backend
 
     def use(url: str) -> Any:
-        app.conf.result_backend = url
+        celery_conf.result_backend = url
         reset_backend()
         return app.backend
 
     yield use
-    app.conf.result_backend = saved
+    celery_conf.restore()
     reset_backend()
 
 

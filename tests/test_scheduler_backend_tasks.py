@@ -14,6 +14,7 @@ from retention_admin.schedulers import RetentionScheduler
 from retention_admin.tasks import run_policy, run_tier, take_snapshot
 from testproject.celery import app
 
+from .celery_conf import celery_settings
 from .conftest import ids_left
 
 DAY = timedelta(days=1)
@@ -59,12 +60,8 @@ def test_retention_scheduler_creates_the_entry_when_missing(seeded_transactional
 
 def test_retention_scheduler_does_not_create_it_without_result_expires(seeded_transactional_db):
     PeriodicTask.objects.filter(name="celery.backend_cleanup").delete()
-    original = app.conf.result_expires
-    app.conf.result_expires = None
-    try:
+    with celery_settings(result_expires=None):
         install_defaults(RetentionScheduler)
-    finally:
-        app.conf.result_expires = original
     assert not PeriodicTask.objects.filter(name="celery.backend_cleanup").exists()
 
 

@@ -6,11 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -22,7 +20,6 @@ from django_celery_results.models import TaskResult
 from retention_admin.backfill import backfill
 from retention_admin.health import VENDORS, latest_health
 from retention_admin.models import CleanupRun, StorageSnapshot
-from testproject.celery import app
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db
@@ -166,17 +163,9 @@ def test_check_result_backend_refuses_a_bad_timeout():
         run("check_result_backend", "--timeout", "0")
 
 
-@pytest.fixture
-def serializer_conf() -> Iterator[Any]:
-    keys = ["result_serializer", "result_accept_content"]
-    saved = {key: app.conf[key] for key in keys}
-    yield app.conf
-    app.conf.update(saved)
-
-
-def test_a_serializer_the_backend_refuses_to_read(serializer_conf):
-    serializer_conf.result_serializer = "pickle"
-    serializer_conf.result_accept_content = ["json"]
+def test_a_serializer_the_backend_refuses_to_read(celery_conf):
+    celery_conf.result_serializer = "pickle"
+    celery_conf.result_accept_content = ["json"]
     with pytest.raises(CommandError) as error:
         run("check_result_backend")
     message = str(error.value)

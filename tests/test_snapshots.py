@@ -23,6 +23,8 @@ from retention_admin.signals import threshold_crossed
 from retention_admin.snapshots import sampled_tally, take_snapshot
 from testproject.celery import app
 
+from .celery_conf import celery_settings
+
 pytestmark = pytest.mark.django_db
 
 
@@ -214,12 +216,12 @@ def _reset_backend() -> None:
 
 @pytest.fixture
 def redis_results(redis_server: None) -> Iterator[None]:
-    saved = {k: app.conf[k] for k in ("result_backend", "result_backend_transport_options")}
-    app.conf.result_backend = "retention_admin.backends.RetentionRedisBackend+redis://127.0.0.1:6379/14"
-    app.conf.result_backend_transport_options = {"global_keyprefix": "rasnaptest:"}
-    _reset_backend()
-    yield
-    app.conf.update(saved)
+    with celery_settings(
+        result_backend="retention_admin.backends.RetentionRedisBackend+redis://127.0.0.1:6379/14",
+        result_backend_transport_options={"global_keyprefix": "rasnaptest:"},
+    ):
+        _reset_backend()
+        yield
     _reset_backend()
 
 

@@ -29,6 +29,7 @@ INSERTs (``insert_rows``), and the stored dates are checked afterwards.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -1332,7 +1333,7 @@ class _Generator:
             argsrepr, kwargsrepr = spec.args(rng)
             args, kwargs = json.dumps(argsrepr), json.dumps(kwargsrepr)
         created = started - timedelta(milliseconds=rng.uniform(0, 40))
-        return TaskResult(
+        row = TaskResult(
             task_id=self.uuid(),
             periodic_task_name=periodic,
             task_name=name,
@@ -1344,11 +1345,19 @@ class _Generator:
             content_encoding=CONTENT_ENCODING,
             result=result,
             date_created=created,
-            date_started=None if status in (states.PENDING, states.REVOKED) else started,
             date_done=done,
             traceback=traceback,
             meta=EMPTY_META,
         )
+        if has_date_started():  # django-celery-results 2.6+; 2.5 has no such column
+            row.date_started = None if status in (states.PENDING, states.REVOKED) else started
+        return row
+
+
+@functools.cache
+def has_date_started() -> bool:
+    """Whether TaskResult has ``date_started`` (added in django-celery-results 2.6)."""
+    return any(f.name == "date_started" for f in TaskResult._meta.concrete_fields)
 
 
 def _tuple(task_id: str) -> list[Any]:
