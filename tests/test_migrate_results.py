@@ -39,11 +39,13 @@ from retention_admin.backends import RetentionCutoverBackend, RetentionDatabaseB
 from retention_admin.models import RetentionHold, RetentionPolicy, RetentionTier
 from testproject.celery import app
 
-from .celery_conf import CeleryConf
+from .celery_conf import CeleryConf, task_key_prefix
 from .test_e2e_beat import celery_processes, start_worker  # noqa: F401 - the fixture
 
 REDIS_URL = os.environ.get("TEST_RETENTION_REDIS_URL", "redis://127.0.0.1:6379/5")
 PREFIX = f"ramigr{os.getpid()}:"
+# Before "celery-task-meta-": PREFIX, or "ramigr123:_" on Celery 5.3-5.4 (tests/celery_conf.py).
+KEY_PREFIX = task_key_prefix(PREFIX)
 SOURCE = f"retention_admin.backends.RetentionRedisBackend+{REDIS_URL}"
 DESTINATION = "retention_admin.backends.RetentionDatabaseBackend"
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +113,7 @@ def put(client: redis.Redis, task_id: str, *, age: timedelta, status: str = stat
     value = {"status": status, "result": "old", "traceback": None, "children": [], "task_id": task_id,
              "date_done": (datetime.now(UTC) - age).isoformat() if status in states.READY_STATES else None,
              "name": "jobs.old", "args": [1], "kwargs": {}, **meta}
-    client.set(f"{PREFIX}celery-task-meta-{task_id}".encode(), app.backend.encode(value))
+    client.set(f"{KEY_PREFIX}celery-task-meta-{task_id}".encode(), app.backend.encode(value))
 
 
 def populate(backend: Any, client: redis.Redis) -> list[str]:
@@ -241,7 +243,7 @@ def test_a_newer_result_in_the_destination_is_kept_an_older_one_replaced(on_redi
 @pytest.mark.django_db
 def test_unreadable_keys_are_reported_not_copied_and_the_exit_is_an_error(on_redis, redis_client):
     store(on_redis, "fine", "jobs.resize")
-    redis_client.set(f"{PREFIX}celery-task-meta-garbage".encode(), b"\x00not a result")
+    redis_client.set(f"{KEY_PREFIX}celery-task-meta-garbage".encode(), b"\x00not a result")
     with pytest.raises(CommandError, match=r"1 source result\(s\) could not be read and were not copied: garbage\."):
         call_command("migrate_results", "--from", SOURCE, "--to", DESTINATION, "--no-progress", stdout=io.StringIO())
     assert list(TaskResult.objects.values_list("task_id", flat=True)) == ["fine"]
@@ -371,7 +373,7 @@ def put_many(client: redis.Redis, count: int, prefix: str = "bulk") -> list[str]
                     "args": [i], "kwargs": {"k": i}}
             if i % 10 == 0:
                 meta["result"] = {"exc_type": "ValueError", "exc_message": [f"boom {i}"], "exc_module": "builtins"}
-            pipe.set(f"{PREFIX}celery-task-meta-{task_id}".encode(), json.dumps(meta), ex=None if i % 2 else 86400)
+            pipe.set(f"{KEY_PREFIX}celery-task-meta-{task_id}".encode(), json.dumps(meta), ex=None if i % 2 else 86400)
         pipe.execute()
     return ids
 
@@ -470,7 +472,7 @@ def test_cutover_worker_writes_while_the_move_runs_and_nothing_is_stranded(on_re
     for task_id in during[20:]:
         assert AsyncResult(task_id, backend=database, app=app).state == states.FAILURE
     # Never written to Redis (the worker has no key prefix: look under both names).
-    assert not redis_client.exists(*[f"{p}celery-task-meta-{t}" for t in during for p in (PREFIX, "")])
+    assert not redis_client.exists(*[f"{p}celery-task-meta-{t}" for t in during for p in (KEY_PREFIX, "")])
     assert snapshot(redis_client) == redis_before  # the old store is untouched
 
 
@@ -485,7 +487,7 @@ def test_cutover_backend_writes_the_database_and_reads_it_then_redis(on_redis, r
     store(cutover, "in-both", "jobs.resize", result="new, in the database")
     store(cutover, "only-in-db", "jobs.resize", result="after the switch")
 
-    assert not redis_client.exists(f"{PREFIX}celery-task-meta-only-in-db")  # written to the database only
+    assert not redis_client.exists(f"{KEY_PREFIX}celery-task-meta-only-in-db")  # written to the database only
     assert TaskResult.objects.filter(task_id__in=["in-both", "only-in-db"]).count() == 2
     read = {t: AsyncResult(t, backend=cutover, app=app).result for t in ("only-in-redis", "in-both", "only-in-db")}
     assert read == {"only-in-redis": "from redis", "in-both": "new, in the database", "only-in-db": "after the switch"}
@@ -535,7 +537,7 @@ def test_a_chord_applied_before_the_switch_completes_through_redis(on_redis, red
         message = conn.SimpleQueue(queue).get(timeout=5)  # the body was sent, with both parts' results
     assert message.headers["task"] == "testproject.tasks.add"
     assert message.payload[0] == [[10, 11], 1]
-    assert not redis_client.exists(f"{PREFIX}celery-taskset-meta-{group_id}.s")  # Redis finished the chord
+    assert not redis_client.exists(f"{KEY_PREFIX}celery-taskset-meta-{group_id}.s")  # Redis finished the chord
 
 
 @pytest.mark.django_db
